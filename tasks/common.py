@@ -1,0 +1,22 @@
+"""Shared task plumbing: the cache policy and a guard that re-runs a task whose output is gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+# A task's result is reused when its code and its inputs (paths plus content digests, never
+# tensors) are unchanged (DESIGN §7).
+CACHE = INPUTS + TASK_SOURCE
+
+
+def run_cached(task: Any, outputs: list[Path], **kwargs: Any) -> Any:
+    """Call ``task`` with Prefect's cache, but refresh it when any expected output is missing.
+
+    A cache hit whose files were deleted would return a summary of nothing; checking the outputs
+    here keeps the cache honest without hashing the outputs on every run.
+    """
+    missing = not all(Path(p).exists() for p in outputs)
+    return task.with_options(refresh_cache=missing)(**kwargs)
