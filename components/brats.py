@@ -31,7 +31,6 @@ from data_catalog import (
     MODALITIES,
     STATUS_OK,
     STATUS_QUARANTINED,
-    Dataset,
     assign_split,
     dataset_dir,
     load_label_scheme,
@@ -570,7 +569,7 @@ def ingest(
         source_label_scheme=schemes[0] if len(schemes) == 1 else final_scheme,
         label_scheme=final_scheme, n_ok=int(ok.sum()), n_quarantined=int((~ok).sum()),
         n_without_seg=int((ok & ~manifest["has_seg"].astype(bool)).sum()), n_reused=reused,
-        seconds=time.perf_counter() - t0, quarantined=dict(zip(q["case_id"], q["reason"])),
+        seconds=time.perf_counter() - t0, quarantined=dict(zip(q["case_id"], q["reason"], strict=True)),
     )
     for cid, reason in summary.quarantined.items():
         log.warning("quarantined %s: %s", cid, reason)

@@ -145,7 +145,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def _ellipsoid_distance(shape, centre, radii_mm, rot, spacing) -> np.ndarray:
     """Normalised ellipsoid distance (1 on the surface) on the grid, in physical units."""
-    grids = np.meshgrid(*[(np.arange(n, dtype=np.float32) - c) * spacing for n, c in zip(shape, centre)],
+    grids = np.meshgrid(*[(np.arange(n, dtype=np.float32) - c) * spacing for n, c in zip(shape, centre, strict=True)],
                         indexing="ij", sparse=True)
     d = np.zeros(shape, dtype=np.float32)
     for k in range(3):

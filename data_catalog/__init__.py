@@ -60,7 +60,7 @@ class LabelScheme:
         return {v: v + 1 for v in sorted(self.labels.values())}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_yaml(name: str) -> dict[str, Any]:
     with open(CATALOG_DIR / name, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
@@ -203,7 +203,7 @@ def register_dataset(
         "n_quarantined": int((manifest["status"] == STATUS_QUARANTINED).sum()),
         "parents": parents or [],
         "config": config or {},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "manifest_sha256": hashlib.sha256((root / "manifest.parquet").read_bytes()).hexdigest(),
     }

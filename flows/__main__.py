@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flows.settings import configure_workspace
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows", description="gliosynth: BraTS synthetic-data pipeline")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

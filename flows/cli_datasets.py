@@ -6,6 +6,7 @@ import argparse
 
 from flows.cli_common import workspace_arg
 
+
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
     from data_catalog import label_scheme_names
 
