@@ -64,7 +64,8 @@ def render_montage(cases: list[dict], out: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mods = [m for m in MODALITIES if m in cases[0]["images"]]
+    # Modalities in canonical order; volumes keyed otherwise (e.g. a 'head' label) are shown as given.
+    mods = [m for m in MODALITIES if m in cases[0]["images"]] or list(cases[0]["images"])
     ncols = len(mods) + 1
     nrows = 3 * len(cases)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.1 * nrows), squeeze=False)
@@ -121,6 +122,10 @@ def dataset_montage(ds: Dataset, out: Path | None = None, n_cases: int = 4, titl
             seg_img = nib.load(str(ds.root / r["seg"]))
             seg = np.asanyarray(seg_img.dataobj).astype(np.int16)
             affine = affine if affine is not None else seg_img.affine
+        if not images and isinstance(r.get("head"), str) and r["head"]:
+            head_img = nib.load(str(ds.root / r["head"]))
+            images = {"head": np.asanyarray(head_img.dataobj).astype(np.float32)}
+            affine = head_img.affine
         if not images and seg is not None:
             images = {"seg": (seg > 0).astype(np.float32)}
         cases.append({"case_id": r["case_id"], "images": images, "seg": seg, "affine": affine})

@@ -43,6 +43,7 @@ class LabelScheme:
     regions: dict[str, tuple[int, ...]]
     to_canonical: str | None = None
     mapping: dict[int, int] = field(default_factory=dict)
+    nnunet_regions: tuple[tuple[str, tuple[int, ...], int], ...] = ()
 
     @property
     def values(self) -> tuple[int, ...]:
@@ -85,6 +86,7 @@ def load_label_scheme(name: str) -> LabelScheme:
         regions={k: tuple(int(x) for x in v) for k, v in d["regions"].items()},
         to_canonical=tc.get("scheme"),
         mapping={int(k): int(v) for k, v in (tc.get("map") or {}).items()},
+        nnunet_regions=tuple((str(n), tuple(int(x) for x in labs), int(out)) for n, labs, out in d.get("nnunet_regions", [])),
     )
 
 

@@ -31,7 +31,7 @@ class AffineConfig(_Frozen):
     translation_mm: float = Field(6.0, ge=0.0, description="max |shift| per axis in mm")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "AffineConfig":
+    def _ranges(self) -> AffineConfig:
         _check_range("affine.scale", self.scale, lo=0.1)
         return self
 
@@ -44,7 +44,7 @@ class ElasticConfig(_Frozen):
     control_mm: tuple[float, float] = Field((10.0, 20.0), description="control-point spacing in mm")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "ElasticConfig":
+    def _ranges(self) -> ElasticConfig:
         _check_range("elastic.magnitude_mm", self.magnitude_mm, lo=0.0)
         _check_range("elastic.control_mm", self.control_mm, lo=1.0)
         return self
@@ -58,7 +58,7 @@ class TumourScaleConfig(_Frozen):
     anisotropy: float = Field(0.15, ge=0.0, lt=1.0, description="per-axis factor drawn in [1-a, 1+a] on top of the scale")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "TumourScaleConfig":
+    def _ranges(self) -> TumourScaleConfig:
         _check_range("tumour_scale.scale", self.scale, lo=0.05)
         return self
 
@@ -69,8 +69,8 @@ class RelocateConfig(_Frozen):
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability of relocating the tumour")
     p_other_case: float = Field(0.5, ge=0.0, le=1.0,
                                 description="given a relocation, probability that the host head is another case's")
-    depth_frac: float = Field(1.0, ge=0.0, le=3.0,
-                              description="the new centre lies at least depth_frac x the tumour's equivalent radius "
+    depth_frac: float = Field(0.5, ge=0.0, le=3.0,
+                              description="candidate centres lie at least depth_frac x the tumour's equivalent-sphere radius "
                                           "inside the host head (distance to the head surface in mm)")
 
 
@@ -85,7 +85,7 @@ class CheckConfig(_Frozen):
                                      description="allowed increase of the exposure of an inner region outside its outer region")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "CheckConfig":
+    def _ranges(self) -> CheckConfig:
         _check_range("checks.volume_mm3_wt", self.volume_mm3_wt, lo=0.0)
         _check_range("checks.volume_ratio", self.volume_ratio, lo=0.0)
         return self
@@ -110,7 +110,7 @@ class MaskAugmentConfig(_Frozen):
     checks: CheckConfig = CheckConfig()
 
     @model_validator(mode="after")
-    def _splits(self) -> "MaskAugmentConfig":
+    def _splits(self) -> MaskAugmentConfig:
         bad = [s for s in self.splits if s not in ("train", "test")]
         if bad or not self.splits:
             raise ValueError(f"splits must be a non-empty subset of ('train', 'test'), got {self.splits}")

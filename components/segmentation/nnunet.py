@@ -1,0 +1,211 @@
+"""nnU-Net v2 through its own Python API, with paths set per call from the workspace.
+
+nnU-Net reads ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` lazily from the
+environment; :func:`nnunet_paths` sets them for one call and restores the caller's values, so
+nothing leaks between runs or into the user's shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+
+class NnunetSchedule(BaseModel):
+    """How long and how nnU-Net trains. The defaults are nnU-Net's own full schedule (GPU)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    configuration: str = "3d_fullres"
+    epochs: int = Field(1000, ge=1)
+    iterations_per_epoch: int = Field(250, ge=1)
+    val_iterations_per_epoch: int = Field(50, ge=1)
+    fold: str = Field("0", description="'all' or 0-4")
+    use_mirroring: bool = Field(True, description="test-time mirroring at prediction")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    num_processes: int = Field(2, ge=1, description="processes for fingerprinting and preprocessing")
+    augmentation_processes: int | None = Field(None, description="nnUNet_n_proc_DA; 0 = in-process (deterministic)")
+    final_validation: bool = Field(False, description="run nnU-Net's own validation after training")
+
+
+SCHEDULES: dict[str, NnunetSchedule] = {
+    # A few minutes per configuration on 2 CPU cores: enough to check the pipeline, not to compare models.
+    "cpu-demo": NnunetSchedule(epochs=2, iterations_per_epoch=8, val_iterations_per_epoch=1, fold="all",
+                               use_mirroring=False, device="cpu", num_processes=2, augmentation_processes=0),
+    # Seconds on 2 CPU cores at 32^3: for tests of the plumbing only.
+    "tiny": NnunetSchedule(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, fold="all",
+                           use_mirroring=False, device="cpu", num_processes=1, augmentation_processes=0),
+    "full": NnunetSchedule(),
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fold(fold: str) -> int | str:
+    return "all" if fold == "all" else int(fold)
+
+
+_PATHS_LOCK = threading.Lock()
+_PATHS_STATE: dict[str, Any] = {"depth": 0, "env": None, "saved": None}
+
+
+@contextlib.contextmanager
+def nnunet_paths(root: str | os.PathLike, augmentation_processes: int | None = None) -> Iterator[dict[str, Path]]:
+    """Point nnU-Net at ``<root>/{raw,preprocessed,results}`` for the duration of the block.
+
+    The environment is process-wide, so concurrent blocks (configurations fanned out on threads)
+    must agree on the values; the first block in sets them and the last one out restores them.
+    """
+    root = Path(root).resolve()
+    paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed", "nnUNet_results": root / "results"}
+    env = {k: str(v) for k, v in paths.items()}
+    if augmentation_processes is not None:
+        env["nnUNet_n_proc_DA"] = str(augmentation_processes)
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+    with _PATHS_LOCK:
+        if _PATHS_STATE["depth"] == 0:
+            _PATHS_STATE["saved"] = {k: os.environ.get(k) for k in (*env, "nnUNet_n_proc_DA")}
+            _PATHS_STATE["env"] = env
+            os.environ.update(env)
+        elif _PATHS_STATE["env"] != env:
+            raise RuntimeError(
+                f"nnU-Net is already running with {_PATHS_STATE['env']} in this process; concurrent runs must share "
+                f"one nnU-Net root and augmentation setting, got {env}"
+            )
+        _PATHS_STATE["depth"] += 1
+    try:
+        yield paths
+    finally:
+        with _PATHS_LOCK:
+            _PATHS_STATE["depth"] -= 1
+            if _PATHS_STATE["depth"] == 0:
+                for k, v in _PATHS_STATE["saved"].items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed Python/NumPy/torch global RNGs for one call and restore them afterwards.
+
+    nnU-Net draws its augmentation and sampling from the global generators and takes no generator
+    argument, so this is the only way to make a training run repeatable; the caller's state is
+    restored so nothing else is affected.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002 - nnU-Net only reads the global NumPy RNG
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def ensure_safe_start_method() -> None:
+    """Make nnU-Net's process pools fork from a clean server process, not from this threaded one.
+
+    nnU-Net opens ``multiprocessing.Pool``s with the default start method; forking a process that
+    runs Prefect's threads deadlocks the children (seen in fingerprinting). ``forkserver`` forks
+    from a single-threaded helper process instead (the default from Python 3.14 on).
+    """
+    import multiprocessing as mp
+
+    if mp.get_start_method(allow_none=True) in (None, "fork"):
+        mp.set_start_method("forkserver", force=True)
+        # Import the heavy modules once in the server, so each pool worker is a cheap fork.
+        mp.set_forkserver_preload(["torch", "SimpleITK", "nnunetv2.experiment_planning.verify_dataset_integrity",
+                                   "nnunetv2.preprocessing.preprocessors.default_preprocessor"])
+        log.debug("multiprocessing start method set to forkserver for nnU-Net's pools")
+
+
+def plan_and_preprocess(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, verify: bool = True) -> Path:
+    """nnU-Net fingerprint (with its integrity check), experiment planning and preprocessing."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    ensure_safe_start_method()
+    # No nnUNet_n_proc_DA override here: the planner sizes torch's thread pool with it.
+    with nnunet_paths(root) as paths:
+        t0 = time.perf_counter()
+        extract_fingerprints([dataset_id], num_processes=schedule.num_processes, check_dataset_integrity=verify,
+                             clean=True, verbose=False, show_progress_bar=False)
+        plan_experiments([dataset_id])
+        preprocess([dataset_id], configurations=(schedule.configuration,), num_processes=(schedule.num_processes,),
+                   verbose=False, show_progress_bar=False)
+        name = convert_id_to_dataset_name(dataset_id)
+        log.info("nnU-Net plan+preprocess %s: %.1f s", name, time.perf_counter() - t0)
+        return paths["nnUNet_preprocessed"] / name
+
+
+def train(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, seed: int = 0) -> Path:
+    """Train nnUNetTrainer with the schedule's lengths; return the trained model folder."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    device = resolve_device(schedule.device)
+    ensure_safe_start_method()
+    with nnunet_paths(root, schedule.augmentation_processes) as paths, seeded_global_rngs(seed):
+        name = convert_id_to_dataset_name(dataset_id)
+        pre = paths["nnUNet_preprocessed"] / name
+        plans = json.loads((pre / "nnUNetPlans.json").read_text())
+        dataset_json = json.loads((pre / "dataset.json").read_text())
+        # nnunetv2 2.8 reads this key from the plans dict to decide whether to continue a run.
+        plans["continue_training"] = False
+        trainer = nnUNetTrainer(plans, schedule.configuration, _fold(schedule.fold), dataset_json, device=device)
+        trainer.num_epochs = schedule.epochs
+        trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
+        trainer.num_val_iterations_per_epoch = schedule.val_iterations_per_epoch
+        t0 = time.perf_counter()
+        trainer.run_training()
+        if schedule.final_validation:
+            trainer.perform_actual_validation(False)
+        log.info("nnU-Net training %s (%d epochs x %d it): %.1f s", name, schedule.epochs,
+                 schedule.iterations_per_epoch, time.perf_counter() - t0)
+        return Path(trainer.output_folder_base)
+
+
+def predict(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir: str | os.PathLike,
+            schedule: NnunetSchedule) -> dict[str, Path]:
+    """Predict ``{case_id: [t1n, t1c, t2w, t2f]}`` into ``<out_dir>/<case_id>.nii.gz`` (in-process)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    device = resolve_device(schedule.device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_gaussian=True, use_mirroring=schedule.use_mirroring,
+        perform_everything_on_device=device.type == "cuda", device=device, verbose=False, allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(_fold(schedule.fold),),
+                                                   checkpoint_name="checkpoint_final.pth")
+    ids = sorted(cases)
+    # Sequential prediction: no process pools (nothing to guard, nothing to leak on 2 cores).
+    predictor.predict_from_files_sequential(
+        [[str(p) for p in cases[c]] for c in ids], [str(out_dir / c) for c in ids],
+        save_probabilities=False, overwrite=True,
+    )
+    return {c: out_dir / f"{c}.nii.gz" for c in ids}

@@ -1,0 +1,187 @@
+"""Typed settings of the synthesizer stage and the YAML profiles that fill them.
+
+One frozen pydantic model per concern (data grid, network, diffusion, training, sampling), all
+nested in :class:`SynthesizerConfig`, which is what a profile in ``configs/synthesizer/`` holds and
+what ``<workspace>/models/<name>/config.json`` records. GPU-scale settings are profiles of the same
+code, never separate code paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthesizer"
+
+
+class SynthesisError(ValueError):
+    """Wrong input or state for the synthesizer (a ValueError, so the CLI prints it as one line)."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """The grid the network sees and how intensities are scaled onto it."""
+
+    spacing: tuple[float, float, float] | None = Field(
+        None, description="voxel size in mm of the model grid; None keeps each dataset's own grid (no resampling)")
+    shape: tuple[int, int, int] = Field(..., description="model grid (X, Y, Z): crop/pad around the head to this")
+    percentiles: tuple[float, float] = Field((0.5, 99.5), description="per-modality window inside the head -> [-1, 1]")
+    flip_axes: tuple[int, ...] = Field((0,), description="axes flipped at random (image and mask together)")
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    train_crop: tuple[int, int, int] | None = Field(
+        None, description="random crop of the model grid for each training draw (patch training: cheaper steps; "
+        "the convolutional network still samples the whole grid); None trains on whole volumes")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if any(a not in (0, 1, 2) for a in self.flip_axes):
+            raise ValueError(f"flip_axes must be spatial axes 0, 1 or 2, got {self.flip_axes}")
+        if self.spacing is not None and any(s <= 0 for s in self.spacing):
+            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if self.train_crop is not None and any(c > s for c, s in zip(self.train_crop, self.shape, strict=True)):
+            raise ValueError(f"train_crop {self.train_crop} must fit inside shape {self.shape}")
+        return self
+
+
+class NetworkConfig(_Frozen):
+    """Arguments of MONAI's ``DiffusionModelUNet`` (spatial_dims 3; in/out channels come from the data)."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    num_res_blocks: int | tuple[int, ...] = 1
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    num_head_channels: int | tuple[int, ...] = 64
+    norm_num_groups: int = 32
+    use_flash_attention: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkConfig:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError(f"attention_levels needs one entry per level: {len(self.channels)} levels, "
+                             f"got {len(self.attention_levels)}")
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"every channel count must be a multiple of norm_num_groups={self.norm_num_groups}; "
+                             f"{bad} are not")
+        return self
+
+
+class DiffusionConfig(_Frozen):
+    """Forward process and objective (Ho et al. 2020; cosine schedule of Nichol & Dhariwal 2021)."""
+
+    num_train_timesteps: int = Field(1000, ge=2)
+    schedule: Literal["cosine", "scaled_linear_beta"] = "cosine"
+    beta_start: float = Field(0.0015, gt=0.0, description="scaled_linear_beta only")
+    beta_end: float = Field(0.0195, gt=0.0, description="scaled_linear_beta only")
+    prediction_type: Literal["epsilon"] = "epsilon"
+    loss: Literal["l1", "mse"] = "mse"
+    clip_sample: bool = Field(True, description="clip the predicted x0 to [-1, 1], the data range")
+
+
+class TrainConfig(_Frozen):
+    steps: int = Field(..., ge=1, description="optimizer steps in total")
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0.0)
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_start: int = Field(0, ge=0, description="optimizer step from which the EMA averages (before: a copy)")
+    ema_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    amp: bool = Field(True, description="bfloat16 autocast when on a GPU; ignored on the CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    montage_cases: int = Field(2, ge=0, description="training masks sampled for the montage at the end (0: none)")
+    montage_steps: int = Field(50, ge=1, description="DDIM steps for that montage")
+
+
+class SampleConfig(_Frozen):
+    """Default sampler of this model (the synthesize verb can override it)."""
+
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(50, ge=1)
+    eta: float = Field(0.0, ge=0.0)
+    batch: int = Field(1, ge=1)
+
+
+class SynthesizerConfig(_Frozen):
+    """Everything that defines one trained synthesizer."""
+
+    profile: str = "custom"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    network: NetworkConfig = NetworkConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig
+    sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthesizerConfig:
+        factor = 2 ** (len(self.network.channels) - 1)
+        bad = [s for s in (*self.data.shape, *(self.data.train_crop or ())) if s % factor]
+        if bad:
+            raise ValueError(f"data.shape {self.data.shape} / train_crop {self.data.train_crop}: with {len(self.network.channels)} network levels every "
+                             f"side must be a multiple of {factor}; {bad} are not (pick e.g. "
+                             f"{tuple(-(-s // factor) * factor for s in self.data.shape)})")
+        if self.sample.steps > self.diffusion.num_train_timesteps:
+            raise ValueError(f"sample.steps {self.sample.steps} exceeds num_train_timesteps "
+                             f"{self.diffusion.num_train_timesteps}")
+        return self
+
+    def with_steps(self, steps: int | None) -> SynthesizerConfig:
+        """The same config with ``train.steps`` replaced (the --steps option)."""
+        if steps is None:
+            return self
+        return self.model_copy(update={"train": self.train.model_copy(update={"steps": int(steps)})})
+
+    def digest(self, ignore_steps: bool = False) -> str:
+        d = self.model_dump(mode="json")
+        if ignore_steps:
+            d["train"].pop("steps")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+class SynthesizeConfig(_Frozen):
+    """One sampling run of a trained model over a masks dataset."""
+
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim (eta 0, fast) or ddpm (full-length reference)")
+    steps: int | None = Field(None, ge=1, description="None: the model's default (DDIM) or T (DDPM)")
+    eta: float = Field(0.0, ge=0.0, description="DDIM noise weight; 0 is deterministic given the initial noise")
+    seed: int = 0
+    batch: int = Field(1, ge=1)
+    samples_per_mask: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    montage_cases: int = Field(2, ge=0, description="cases in the real-vs-synthetic montage")
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(profile: str | Path) -> SynthesizerConfig:
+    """Read a profile by name (``configs/synthesizer/<name>.yaml``) or from a YAML file path."""
+    path = Path(profile)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        raise SynthesisError(f"unknown synthesizer profile {str(profile)!r}: no file {path}; "
+                             f"known profiles: {', '.join(list_profiles()) or 'none'}")
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, Any] = yaml.safe_load(fh) or {}
+    data.setdefault("profile", path.stem)
+    try:
+        return SynthesizerConfig.model_validate(data)
+    except ValueError as err:
+        raise SynthesisError(f"profile {path}: {err}") from err

@@ -1,0 +1,148 @@
+"""A trained model on disk: ``<workspace>/models/<name>/``.
+
+```
+config.json        the resolved SynthesizerConfig + dataset, label scheme, conditioning channels
+stats.json         normalisation window (to map samples back to intensities) + quality reference
+ema.pt             EMA weights used for sampling (written at every checkpoint), its step
+checkpoints/       step_XXXXXXX.pt: model, EMA, optimizer, step, RNG states (torch.save)
+train_log.csv      step, loss, lr, elapsed_s
+montage.png        real vs synthetic for training masks, loss.png the loss curve
+prepared/          cached prepared training cases
+```
+Everything is read back with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.io import sha256_file
+from components.synthesis.config import SynthesisError, SynthesizerConfig
+from components.synthesis.network import build_network, resolve_device
+from data_catalog import LabelScheme, load_label_scheme
+
+CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class ModelNotTrainedError(SynthesisError):
+    """The model folder holds no trained weights (sampling a random network is refused)."""
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def ema(self) -> Path:
+        return self.root / "ema.pt"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train_log.csv"
+
+    @property
+    def montage(self) -> Path:
+        return self.root / "montage.png"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "prepared"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:07d}.pt"
+
+    def list_checkpoints(self) -> list[tuple[int, Path]]:
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+        return sorted(found)
+
+
+def model_paths(workspace: str | Path, name: str) -> ModelPaths:
+    if not name or "/" in name or name.startswith("."):
+        raise SynthesisError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
+    return ModelPaths(Path(workspace) / "models" / name)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def weights_digest(workspace: str | Path, name: str) -> str:
+    """sha256 of the EMA weights file; refuses a model with no trained checkpoint."""
+    paths = model_paths(workspace, name)
+    _require_trained(paths, name)
+    return sha256_file(paths.ema)
+
+
+def _require_trained(paths: ModelPaths, name: str) -> None:
+    if not paths.config.is_file():
+        known = sorted(p.name for p in paths.root.parent.iterdir()) if paths.root.parent.is_dir() else []
+        raise SynthesisError(f"no model {name!r}: expected {paths.config}; models in this workspace: "
+                             f"{', '.join(known) or 'none'}")
+    if not paths.ema.is_file() or not paths.list_checkpoints():
+        raise ModelNotTrainedError(
+            f"model {name!r} has no trained checkpoint (expected {paths.ema} and a file in {paths.checkpoints}); "
+            f"refusing to sample an untrained network. Train it first: python -m flows train-synthesizer "
+            f"--name {name} --dataset ... (or --resume an interrupted run)")
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    paths: ModelPaths
+    config: SynthesizerConfig
+    card: dict[str, Any]
+    stats: dict[str, Any]
+    scheme: LabelScheme
+    n_condition: int
+    network: torch.nn.Module  # EMA weights, eval mode, on ``device``
+    step: int
+    digest: str
+    device: torch.device
+
+
+def load_trained_model(workspace: str | Path, name: str, device: str = "auto") -> TrainedModel:
+    paths = model_paths(workspace, name)
+    _require_trained(paths, name)
+    card = read_json(paths.config)
+    cfg = SynthesizerConfig.model_validate(card["config"])
+    if not paths.stats.is_file():
+        raise ModelNotTrainedError(f"model {name!r}: {paths.stats} is missing (normalisation statistics); retrain it")
+    stats = read_json(paths.stats)
+    blob = torch.load(paths.ema, map_location="cpu", weights_only=True)
+    step = int(blob.get("step", 0))
+    if step < 1:
+        raise ModelNotTrainedError(f"model {name!r}: {paths.ema} holds step {step}; refusing an untrained network")
+    if blob.get("config_sha256") != cfg.digest(ignore_steps=True):
+        raise SynthesisError(f"model {name!r}: {paths.ema} was trained with another config than {paths.config}")
+    dev = resolve_device(device)
+    scheme = load_label_scheme(card["label_scheme"])
+    n_cond = int(card["n_condition"])
+    net = build_network(cfg.network, n_cond, seed=cfg.seed)
+    net.load_state_dict(blob["ema"])
+    net.to(dev).eval()
+    return TrainedModel(name=name, paths=paths, config=cfg, card=card, stats=stats, scheme=scheme, n_condition=n_cond,
+                        network=net, step=step, digest=sha256_file(paths.ema), device=dev)

@@ -1,0 +1,307 @@
+"""Write a ``synthetic`` dataset: one trained model, one masks dataset, K samples per mask.
+
+Each case is four modalities + the mask's seg and head on the mask's own grid, with the mask's
+affine (or, when the model works at another spacing, the resampled grid and its true affine),
+zero outside the head and mapped back to intensities with the model's saved window. Cases are
+written atomically (temporary folder, then rename) with a ``row.json``; a re-run keeps every case
+whose inputs (model weights, mask files, sampler, seed) are unchanged and makes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from components.io import save_nifti, sha256_file
+from components.synthesis.config import SynthesisError, SynthesizeConfig
+from components.synthesis.data import (
+    FittedCase,
+    condition_labels,
+    denormalise,
+    fit_case,
+    head_method,
+    load_case,
+    spacing_of,
+)
+from components.synthesis.quality import quality_score
+from components.synthesis.sampling import make_generator, resolve_steps, sample_images
+from components.synthesis.store import TrainedModel, load_trained_model
+from data_catalog import (
+    MODALITIES,
+    STATUS_OK,
+    STATUS_QUARANTINED,
+    CatalogError,
+    Dataset,
+    dataset_dir,
+    dataset_parent_entry,
+    open_dataset,
+    register_dataset,
+    remove_stale_cases,
+)
+
+log = logging.getLogger(__name__)
+FILE_KEYS = (*MODALITIES, "seg", "head")
+
+
+@dataclass
+class SynthesisSummary:
+    name: str
+    model: str
+    masks: str
+    sampler: str
+    steps: int
+    n_cases: int
+    n_ok: int
+    n_quarantined: int
+    n_written: int
+    n_reused: int
+    seconds: float
+    seconds_per_volume: float
+    path: Path
+    montage: Path | None
+
+    def line(self) -> str:
+        return (f"{self.name}: {self.n_ok} synthetic cases ({self.n_written} new, {self.n_reused} kept, "
+                f"{self.n_quarantined} quarantined) from model {self.model} on masks {self.masks}, "
+                f"{self.sampler} {self.steps} steps, {self.seconds_per_volume:.1f} s/volume, {self.seconds:.1f} s "
+                f"-> {self.path}")
+
+
+@dataclass
+class _Item:
+    case_id: str
+    mask_case: str
+    index: int
+    seed: int
+    row: pd.Series
+    fingerprint: str
+
+
+def case_seed(seed: int, mask_case: str, index: int) -> int:
+    """Seed of one synthetic case: from the run seed, the mask case id and the sample index."""
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(mask_case.encode()), int(index)]).generate_state(1)[0])
+
+
+def _mask_digest(ds: Dataset, row: pd.Series) -> dict[str, str]:
+    keys = ["seg", "head"] if isinstance(row.get("head"), str) and row.get("head") else ["seg", *MODALITIES]
+    return {k: str(row.get(f"sha256_{k}") or sha256_file(ds.path(row["case_id"], k))) for k in keys}
+
+
+def _source_case(row: pd.Series) -> str:
+    v = row.get("source_case")
+    return v if isinstance(v, str) and v else str(row["case_id"])
+
+
+def _params(it: _Item, sampler: str, steps: int, eta: float, tm: TrainedModel, extra: dict[str, Any] | None = None) -> str:
+    p = {"sampler": sampler, "steps": steps, "eta": eta, "sample_index": it.index, "model": tm.name,
+         "model_step": tm.step, **(extra or {})}
+    return json.dumps(p, sort_keys=True)
+
+
+def _quarantine_row(it: _Item, reason: str, params: str, digest: str) -> dict[str, Any]:
+    row: dict[str, Any] = {k: "" for k in FILE_KEYS}
+    row.update({f"sha256_{k}": "" for k in FILE_KEYS})
+    row.update(case_id=it.case_id, status=STATUS_QUARANTINED, reason=reason, split=str(it.row.get("split", "")),
+               has_seg=False, shape=None, spacing=None, orientation="", labels=[], source_case=_source_case(it.row),
+               mask_case=it.mask_case, seed=it.seed, params=params, model_digest=digest, quality_score=math.nan,
+               fingerprint=it.fingerprint)
+    return row
+
+
+def _write_case(it: _Item, fc: FittedCase, x: np.ndarray, tm: TrainedModel, cases_dir: Path, params: str) -> dict[str, Any]:
+    """x: (4, *model shape) normalised sample. Writes the case folder atomically; returns its manifest row."""
+    score = quality_score(x, fc.seg, fc.head, tm.scheme, tm.stats["quality_reference"])
+    norm = tm.stats["normalisation"]
+    lo = np.array([norm["lo"][m] for m in MODALITIES])
+    hi = np.array([norm["hi"][m] for m in MODALITIES])
+    # back onto the mask's grid; the extra channel marks the model window (0 where it was padded back)
+    back = fc.to_grid(np.concatenate([x + 1.0, np.ones((1, *x.shape[1:]), np.float32)]))
+    window = back[-1] > 0.5
+    images = denormalise(back[:-1] - 1.0, fc.grid_head & window, lo, hi)
+    integer = str(tm.stats.get("dtype", "float32")).startswith(("int", "uint"))
+    if integer:
+        images = np.clip(np.rint(images), 0, np.iinfo(np.int16).max)
+    out_dtype = np.int16 if integer else np.float32
+    cid = it.case_id
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=cases_dir))
+    row: dict[str, Any] = {"case_id": cid}
+    try:
+        arrays = {**{m: (images[c], out_dtype) for c, m in enumerate(MODALITIES)},
+                  "seg": (fc.grid_seg, np.uint8), "head": (fc.grid_head.astype(np.uint8), np.uint8)}
+        for key, (arr, dt) in arrays.items():
+            f = tmp / f"{cid}-{key}.nii.gz"
+            save_nifti(f, arr, fc.grid_affine, dtype=dt)
+            row[key] = f"cases/{cid}/{f.name}"
+            row[f"sha256_{key}"] = sha256_file(f)
+        row.update(
+            status=STATUS_OK, reason="", split=str(it.row.get("split", "")), has_seg=True,
+            shape=[int(s) for s in fc.grid_seg.shape], spacing=[round(s, 6) for s in spacing_of(fc.grid_affine)],
+            orientation="".join(nib.aff2axcodes(fc.grid_affine)),
+            labels=[int(v) for v in np.unique(fc.grid_seg)], source_case=_source_case(it.row), mask_case=it.mask_case,
+            seed=it.seed, params=params, model_digest=tm.digest, quality_score=float(score), fingerprint=it.fingerprint,
+        )
+        (tmp / "row.json").write_text(json.dumps(row, indent=1), encoding="utf-8")
+        final = cases_dir / cid
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return row
+
+
+def _reuse(cases_dir: Path, it: _Item) -> dict[str, Any] | None:
+    f = cases_dir / it.case_id / "row.json"
+    if not f.is_file():
+        return None
+    try:
+        prev = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if prev.get("fingerprint") != it.fingerprint:
+        return None
+    if not all((cases_dir.parent / prev.get(k, "")).is_file() for k in FILE_KEYS):
+        return None
+    return prev
+
+
+def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str, config: SynthesizeConfig | None = None,
+                       progress: bool | None = None) -> SynthesisSummary:
+    """Sample ``config.samples_per_mask`` cases per ok mask of ``masks`` with ``model``; register ``name``."""
+    cfg = config or SynthesizeConfig()
+    t0 = time.perf_counter()
+    tm = load_trained_model(workspace, model, cfg.device)  # refuses an untrained model
+    mds = open_dataset(workspace, masks)
+    if name == masks:
+        raise SynthesisError(f"--name {name!r} is the masks dataset itself; choose another name for the output")
+    if mds.info.get("label_scheme") != tm.scheme.name:
+        raise SynthesisError(f"masks dataset {masks!r} uses label scheme {mds.info.get('label_scheme')!r} but model "
+                             f"{model!r} was trained with {tm.scheme.name!r}; use masks in the model's scheme")
+    steps = resolve_steps(tm.config.diffusion, cfg.sampler, cfg.steps, tm.config.sample.steps)
+    root = dataset_dir(workspace, name)
+    cases_dir = root / "cases"
+    ok = mds.ok_cases()
+    if ok.empty:
+        raise SynthesisError(f"masks dataset {masks!r} has no ok cases")
+    items: list[_Item] = []
+    for _, r in ok.iterrows():
+        digest = _mask_digest(mds, r)
+        for k in range(cfg.samples_per_mask):
+            seed = case_seed(cfg.seed, r["case_id"], k)
+            key = {"model": tm.digest, "mask": digest, "head": head_method(), "sampler": cfg.sampler, "steps": steps,
+                   "eta": cfg.eta, "seed": seed, "data": tm.config.data.model_dump(mode="json"), "v": 1}
+            fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+            items.append(_Item(f"{r['case_id']}-syn{k}", r["case_id"], k, seed, r, fp))
+
+    rows: dict[str, dict[str, Any]] = {}
+    pending: list[_Item] = []
+    for it in items:
+        prev = _reuse(cases_dir, it)
+        if prev is not None:
+            rows[it.case_id] = prev
+        else:
+            pending.append(it)
+    n_reused = len(rows)
+    log.info("%s: %d cases to sample, %d kept from an earlier run", name, len(pending), n_reused)
+
+    n_written, t_sampling = 0, 0.0
+    bar = tqdm(total=len(pending), desc=f"synthesize {name}", unit="case", disable=None if progress is None else not progress)
+    mask_cache: dict[str, tuple[FittedCase, np.ndarray] | str] = {}
+    for start in range(0, len(pending), cfg.batch):
+        batch = pending[start:start + cfg.batch]
+        ready: list[tuple[_Item, FittedCase, np.ndarray]] = []
+        for it in batch:
+            base_params = _params(it, cfg.sampler, steps, cfg.eta, tm)
+            if it.mask_case not in mask_cache:
+                try:
+                    c = load_case(mds, it.row, with_images=False)
+                    fc = fit_case(None, c["seg"], c["head"], c["affine"], tm.config.data)
+                    if fc.lost_tumour_voxels:
+                        raise SynthesisError(f"{fc.lost_tumour_voxels} tumour voxels fall outside the model window "
+                                             f"{tm.config.data.shape}: the mask's head is larger than the model grid")
+                    labels = condition_labels(fc.seg, fc.head, tm.scheme, where=f"masks {masks!r}, case {it.mask_case}")
+                    mask_cache[it.mask_case] = (fc, labels)
+                except (SynthesisError, CatalogError, OSError, ValueError) as err:
+                    mask_cache[it.mask_case] = f"mask case {it.mask_case}: {err}"
+            entry = mask_cache[it.mask_case]
+            if isinstance(entry, str):
+                rows[it.case_id] = _quarantine_row(it, entry, base_params, tm.digest)
+                bar.update(1)
+                continue
+            ready.append((it, *entry))
+        if not ready:
+            continue
+        labels_t = torch.stack([torch.from_numpy(lab).long() for _, _, lab in ready])
+        gens = [make_generator(it.seed, tm.device) for it, _, _ in ready]
+        ts = time.perf_counter()
+        x = sample_images(tm.network, labels_t, tm.n_condition, tm.config.diffusion, gens, sampler=cfg.sampler,
+                          steps=steps, eta=cfg.eta, amp=tm.config.train.amp, progress=progress).numpy()
+        t_sampling += time.perf_counter() - ts
+        for i, (it, fc, _) in enumerate(ready):
+            extra = {"resampled": fc.resampled, "lost_head_voxels": fc.lost_head_voxels}
+            rows[it.case_id] = _write_case(it, fc, x[i], tm, cases_dir, _params(it, cfg.sampler, steps, cfg.eta, tm, extra))
+            n_written += 1
+            bar.update(1)
+        # the K samples of one mask are consecutive: only the last mask can be needed again
+        mask_cache = {k: v for k, v in mask_cache.items() if k == batch[-1].mask_case}
+    bar.close()
+
+    manifest = pd.DataFrame([rows[it.case_id] for it in items])
+    manifest["seed"] = manifest["seed"].astype("Int64")
+    manifest["quality_score"] = manifest["quality_score"].astype(float)
+    remove_stale_cases(root, set(manifest.loc[manifest["status"] == STATUS_OK, "case_id"]))
+    out = register_dataset(
+        workspace, name, kind="synthetic", label_scheme=tm.scheme.name, manifest=manifest,
+        config={**cfg.model_dump(mode="json"), "steps": steps}, parents=[dataset_parent_entry(mds)],
+        extra={"model": model, "model_digest": tm.digest, "model_step": tm.step, "model_profile": tm.config.profile,
+               "model_dataset": tm.card.get("dataset"), "sampler": cfg.sampler, "steps": steps,
+               "note": "Synthetic cases from a mask-conditioned diffusion model; quality_score ranks them "
+                       "(1 = tissue statistics of the training data)."},
+    )
+    montage = synthesis_montage(out, mds, n_cases=cfg.montage_cases)
+    n_ok = int((manifest["status"] == STATUS_OK).sum())
+    return SynthesisSummary(
+        name=name, model=model, masks=masks, sampler=cfg.sampler, steps=steps, n_cases=len(manifest), n_ok=n_ok,
+        n_quarantined=len(manifest) - n_ok, n_written=n_written, n_reused=n_reused, seconds=time.perf_counter() - t0,
+        seconds_per_volume=t_sampling / n_written if n_written else 0.0, path=root, montage=montage,
+    )
+
+
+def synthesis_montage(ds: Dataset, masks: Dataset, n_cases: int = 4, out: Path | None = None) -> Path | None:
+    """Synthetic cases beside the real case of the same mask (when the masks dataset has images)."""
+    from components.io import load_nifti
+    from components.viz import render_montage
+
+    rows = ds.ok_cases().head(n_cases)
+    if rows.empty:
+        return None
+    cases = []
+    for _, r in rows.iterrows():
+        mrow = masks.manifest.loc[masks.manifest["case_id"] == r["mask_case"]]
+        if not mrow.empty and all(isinstance(mrow.iloc[0].get(m), str) and mrow.iloc[0].get(m) for m in MODALITIES):
+            imgs = {m: load_nifti(masks.path(r["mask_case"], m))[0].astype(np.float32) for m in MODALITIES}
+            seg, aff, _ = load_nifti(masks.path(r["mask_case"], "seg"))
+            cases.append({"case_id": f"{r['mask_case']}\nreal", "images": imgs, "seg": np.asarray(seg), "affine": aff})
+        imgs = {m: load_nifti(ds.path(r["case_id"], m))[0].astype(np.float32) for m in MODALITIES}
+        seg, aff, _ = load_nifti(ds.path(r["case_id"], "seg"))
+        cases.append({"case_id": f"{r['case_id']}\nsynthetic", "images": imgs, "seg": np.asarray(seg), "affine": aff})
+    return render_montage(cases, out or ds.root / "montage.png",
+                          f"{ds.name} [synthetic, model {ds.info.get('model')}] vs real, same masks")

@@ -1,0 +1,85 @@
+"""Flows for export and the ratio ablation. Configurations fan out through the flow's task runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.ablation import AblationConfig, plan_mixes, reserve_ids
+from data_catalog import open_dataset
+from tasks.ablation import configuration_task, export_task, parent_run_task, summary_task
+
+
+class ExportParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    workspace: str = "workspace"
+    dataset: str
+    format: str = Field(description="brats or nnunet")
+    out: str
+
+
+class AblationParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    workspace: str = "workspace"
+    name: str = "ablation"
+    real: str
+    synthetic: str | None = None
+    config: AblationConfig = AblationConfig()
+    extra_metrics: dict[str, float] = Field(default_factory=dict,
+                                            description="metrics logged with every configuration (e.g. FID)")
+
+
+@flow(name="export")
+def export_flow(params: ExportParams) -> str:
+    ws = str(Path(params.workspace).resolve())
+    ds = open_dataset(ws, params.dataset)
+    out = export_task.with_options(refresh_cache=not Path(params.out).exists())(
+        workspace=ws, dataset=params.dataset, manifest_sha256=ds.manifest_digest, fmt=params.format,
+        out=str(Path(params.out).resolve()),
+    )
+    get_run_logger().info("exported %s as %s to %s", params.dataset, params.format, out)
+    return out
+
+
+# One configuration at a time by default: nnU-Net already uses every core. Pass another task runner
+# (more threads, or prefect-dask's DaskTaskRunner on a cluster) with ablation_flow.with_options.
+@flow(name="ablation", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def ablation_flow(params: AblationParams) -> dict:
+    logger = get_run_logger()
+    ws = str(Path(params.workspace).resolve())
+    real = open_dataset(ws, params.real)
+    syn = open_dataset(ws, params.synthetic) if params.synthetic else None
+    mixes = plan_mixes(real, syn, params.config)
+    reserve_ids(ws, params.name, mixes)  # before the fan-out: parallel configurations never share an id
+    plans = [p.to_dict() for p in mixes]
+    common = dict(workspace=ws, ablation=params.name, real=real.name, real_sha256=real.manifest_digest,
+                  synthetic=syn.name if syn else None, synthetic_sha256=syn.manifest_digest if syn else None,
+                  config=params.config)
+    parent = parent_run_task(plans=plans, **common)
+    futures = configuration_task.map(plan=plans, parent_run_id=unmapped(parent),
+                                     extra_metrics=unmapped(params.extra_metrics),
+                                     **{k: unmapped(v) for k, v in common.items()})
+    results = []
+    for plan, fut in zip(plans, futures, strict=True):
+        fut.wait()
+        if fut.state.is_completed():
+            results.append(fut.result())
+        else:
+            err = str(fut.state.message or "failed")
+            logger.warning("configuration %s failed: %s", plan["name"], err)
+            results.append({"name": plan["name"], "status": "failed", "params": {
+                "ratio": plan["ratio"], "seed": plan["seed"], "n_real": len(plan["real_ids"]),
+                "n_synthetic": len(plan["synthetic_ids"]), "synthetic_only": plan["synthetic_only"]},
+                "error": err})
+    summary = summary_task(workspace=ws, ablation=params.name, config=params.config, parent_run_id=parent,
+                           results=results)
+    summary["parent_run_id"] = parent
+    summary["n_ok"] = sum(r["status"] == "ok" for r in results)
+    summary["n_failed"] = len(results) - summary["n_ok"]
+    logger.info("ablation %s: %d configurations ok, %d failed; %s", params.name, summary["n_ok"],
+                summary["n_failed"], summary["summary_csv"])
+    return summary
+

@@ -1,0 +1,88 @@
+"""Verbs of the export and ablation stage: export, ablation."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.cli_common import workspace_arg
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a dataset as a BraTS 2023-layout release or an nnU-Net v2 raw dataset",
+        description="Write a catalogued dataset for sharing (--format brats: <case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz "
+        "with PROVENANCE.md, manifest.csv and dataset.json) or for nnU-Net (--format nnunet: "
+        "Dataset<id>_<name>/imagesTr/<case>_000{0..3}.nii.gz, labelsTr, region-based dataset.json; the test split "
+        "goes to imagesTs/labelsTs). Files are linked or copied byte for byte, so affines are preserved.",
+    )
+    p.add_argument("--dataset", required=True, help="dataset name in the workspace catalog")
+    p.add_argument("--format", required=True, choices=["brats", "nnunet"], help="output layout")
+    p.add_argument("--out", required=True, help="brats: the release folder to write; nnunet: the nnUNet_raw folder "
+                   "that receives Dataset<id>_<name>")
+    p.add_argument("--verify", action="store_true", help="nnunet: run nnU-Net's own dataset integrity check after writing")
+    workspace_arg(p)
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(a: argparse.Namespace) -> int:
+    from flows.ablation import ExportParams, export_flow
+
+    out = export_flow(ExportParams(workspace=a.workspace, dataset=a.dataset, format=a.format, out=a.out))
+    print(f"exported {a.dataset} ({a.format}) -> {out}")
+    if a.verify and a.format == "nnunet":
+        from components.export import verify_nnunet_dataset
+
+        verify_nnunet_dataset(out)
+        print("nnU-Net dataset integrity check passed")
+    return 0
+
+
+def _add_ablation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablation", help="train nnU-Net on real+synthetic mixes over ratios; score on held-out real cases; log to MLflow",
+        description="For every ratio (and seed) build a mix of the real dataset's train split and synthetic cases "
+        "(only those derived from train-split masks: checked), train nnU-Net through its Python API, predict the "
+        "real test split and score it (Dice, HD95 mm, ASSD, lesion-wise). One MLflow parent run, one child run per "
+        "configuration; a summary CSV and a Dice-vs-ratio plot. A failed configuration is recorded and the others go on.",
+    )
+    p.add_argument("--real", required=True, help="real (or phantom) dataset: its fixed test split is the only test set")
+    p.add_argument("--synthetic", default=None, help="synthetic dataset (needed for ratios above 0)")
+    p.add_argument("--name", default="ablation", help="ablation name (MLflow parent run, output folder)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0],
+                   help="synthetic cases per real training case (default: 0 0.5 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one configuration per ratio and seed (default: 0)")
+    p.add_argument("--synthetic-only", action="store_true", help="also train on synthetic cases only (no real case)")
+    p.add_argument("--real-fraction", type=float, default=1.0, help="seeded fraction of real training cases to keep "
+                   "(the data-scarce case; default: 1)")
+    p.add_argument("--high-quality", action="store_true", help="take synthetic cases by descending quality score")
+    p.add_argument("--schedule", default="cpu-demo", choices=["tiny", "cpu-demo", "full"],
+                   help="nnU-Net schedule: tiny (tests), cpu-demo (2 epochs x 8 iterations, CPU) or full (nnU-Net default, GPU)")
+    p.add_argument("--preset", default="brats2023", choices=["brats2023", "brats2024"], help="lesion-wise preset")
+    p.add_argument("--experiment", default="gliosynth-ablation", help="MLflow experiment name")
+    workspace_arg(p)
+    p.set_defaults(handler=_run_ablation)
+
+
+def _run_ablation(a: argparse.Namespace) -> int:
+    from components.ablation import AblationConfig
+    from flows.ablation import AblationParams, ablation_flow
+
+    cfg = AblationConfig(ratios=tuple(a.ratios), seeds=tuple(a.seeds), synthetic_only=a.synthetic_only,
+                         real_fraction=a.real_fraction, high_quality=a.high_quality, schedule=a.schedule,
+                         preset=a.preset, experiment=a.experiment)
+    out = ablation_flow(AblationParams(workspace=a.workspace, name=a.name, real=a.real, synthetic=a.synthetic,
+                                       config=cfg))
+    import pandas as pd
+
+    table = pd.DataFrame(out["table"])
+    cols = [c for c in ("config", "status", "ratio", "n_real", "n_synthetic", "dice_WT", "dice_TC", "dice_ET",
+                        "hd95_WT_mm", "hd95_TC_mm", "hd95_ET_mm") if c in table]
+    print(table[cols].to_string(index=False))
+    print(f"summary: {out['summary_csv']}\nplot: {out['plot']}\nMLflow parent run: {out['parent_run_id']} "
+          f"(make dashboard)")
+    return 0 if out["n_ok"] > 0 else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for add in (_add_export, _add_ablation):
+        add(sub)

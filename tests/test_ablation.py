@@ -1,0 +1,121 @@
+"""Export, mixes and the ratio ablation: leak-free, seeded, real nnU-Net and real MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.ablation import AblationConfig, LeakError, MixPlan, check_no_leak, plan_mixes
+from components.export import export_brats, export_dataset_nnunet, verify_nnunet_dataset
+from tests import builders as b
+
+
+@pytest.fixture(scope="module")
+def real_syn(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("abl") / "ws"
+    real, syn = b.write_real_and_synthetic(ws)
+    return ws, real, syn
+
+
+def test_fixture_has_test_cases_with_synthetic_descendants(real_syn):
+    _, real, syn = real_syn
+    test_ids = set(real.ok_cases("test")["case_id"])
+    assert test_ids and (syn.manifest["source_case"].isin(test_ids)).any()
+
+
+def test_no_synthetic_case_from_a_test_mask_reaches_training(real_syn):
+    _, real, syn = real_syn
+    test_ids = set(real.ok_cases("test")["case_id"])
+    src = dict(zip(syn.manifest["case_id"], syn.manifest["source_case"], strict=True))
+    plans = plan_mixes(real, syn, AblationConfig(ratios=(0, 1, 2, 5), seeds=(0, 1), synthetic_only=True))
+    for p in plans:
+        assert not set(p.real_ids) & test_ids
+        assert all(src[c] not in test_ids for c in p.synthetic_ids), p.name
+        assert set(p.test_ids) == test_ids
+        check_no_leak(p, real, syn)
+    # A hand-made plan that smuggles one test-derived case in is refused.
+    leaky = next(c for c, s in src.items() if s in test_ids)
+    p = plans[1]
+    bad = MixPlan(**{**p.to_dict(), "synthetic_ids": (*p.synthetic_ids, leaky)})
+    with pytest.raises(LeakError, match=leaky):
+        check_no_leak(bad, real, syn)
+
+
+def test_mixes_are_seeded_and_nested_across_ratios(real_syn):
+    _, real, syn = real_syn
+    cfg = AblationConfig(ratios=(0, 0.5, 1), seeds=(3,))
+    a, b2 = plan_mixes(real, syn, cfg), plan_mixes(real, syn, cfg)
+    assert a == b2
+    by_ratio = {p.ratio: set(p.synthetic_ids) for p in a}
+    assert by_ratio[0.0] == set() and by_ratio[0.5] <= by_ratio[1.0]
+    n_real = a[0].n_real
+    assert len(by_ratio[1.0]) == n_real
+    other = plan_mixes(real, syn, cfg.model_copy(update={"seeds": (4,)}))
+    assert [p.synthetic_ids for p in other] != [p.synthetic_ids for p in a] or n_real < 2
+
+
+def test_high_quality_takes_the_best_scores(real_syn):
+    _, real, syn = real_syn
+    plans = plan_mixes(real, syn, AblationConfig(ratios=(1,), high_quality=True))
+    q = syn.manifest.set_index("case_id")["quality_score"]
+    chosen = plans[0].synthetic_ids
+    assert all(q[c] == q.max() for c in chosen)
+
+
+def test_export_nnunet_passes_nnunet_integrity_check(real_syn, tmp_path):
+    _, real, _ = real_syn
+    folder = export_dataset_nnunet(real, tmp_path / "raw")
+    verify_nnunet_dataset(folder)  # raises on any problem
+    dj = json.loads((folder / "dataset.json").read_text())
+    assert dj["labels"]["whole tumor"] == [1, 2, 3] and dj["regions_class_order"] == [2, 1, 3]
+    n_train = len(real.ok_cases("train"))
+    assert dj["numTraining"] == n_train == len(list((folder / "labelsTr").iterdir()))
+    cid = real.ok_cases("train")["case_id"].iloc[0]
+    src = nib.load(str(real.path(cid, "t2f")))
+    out = nib.load(str(folder / "imagesTr" / f"{cid}_0003.nii.gz"))
+    np.testing.assert_array_equal(out.affine, src.affine)
+
+
+def test_export_brats_layout_with_provenance(real_syn, tmp_path):
+    _, _, syn = real_syn
+    out = export_brats(syn, tmp_path / "release")
+    cid = syn.ok_cases()["case_id"].iloc[0]
+    assert sorted(p.name for p in (out / cid).iterdir()) == sorted(
+        f"{cid}-{k}.nii.gz" for k in ("t1n", "t1c", "t2w", "t2f", "seg"))
+    prov = (out / "PROVENANCE.md").read_text()
+    assert "not real patient data" in prov and "synthetic" in prov
+    assert len(pd.read_csv(out / "manifest.csv")) == len(syn.manifest)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ablation_logs_parent_and_children_to_mlflow(real_syn):
+    import mlflow
+
+    from components.tracking import tracking_uri
+    from flows.ablation import AblationParams, ablation_flow
+
+    ws, real, syn = real_syn
+    out = ablation_flow(AblationParams(
+        workspace=str(ws), name="t", real="real", synthetic="syn",
+        config=AblationConfig(ratios=(0, 1), schedule="tiny"), extra_metrics={"fid2d_t1n": 1.5}))
+    assert out["n_ok"] == 2 and out["n_failed"] == 0
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(ws))
+    exp = client.get_experiment_by_name("gliosynth-ablation")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    assert len(children) == 2
+    for run in children:
+        m = run.data.metrics
+        for region in ("WT", "TC", "ET"):
+            assert 0.0 <= m[f"dice_{region}"] <= 1.0 and m[f"hd95_{region}_mm"] >= 0.0
+        assert m["fid2d_t1n"] == 1.5
+        assert {"n_real", "n_synthetic", "ratio", "seed", "real_manifest_sha256"} <= set(run.data.params)
+    # training folders of every configuration hold no case from (or derived from) the test split
+    test_ids = set(real.ok_cases("test")["case_id"])
+    for cases_csv in (ws / "nnunet" / "raw").glob("Dataset*_t_*/cases.csv"):
+        c = pd.read_csv(cases_csv).fillna("")
+        assert not (set(c["case_id"]) | set(c["source_case"])) & test_ids
+    assert (ws / "ablations" / "t" / "dice_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"

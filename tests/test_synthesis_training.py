@@ -1,0 +1,102 @@
+"""Synthesizer training: the loss falls, checkpoints resume exactly, the train split only is used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.synthesis.config import SynthesisError
+from components.synthesis.data import n_condition_channels
+from components.synthesis.network import build_network, build_scheduler
+from components.synthesis.store import model_paths, read_json
+from components.synthesis.training import read_log, train_synthesizer, training_loss
+from data_catalog import load_label_scheme, open_dataset
+from tests import builders as b
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with b.torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("synth-train")
+    b.write_catalog_dataset(ws, "tiny", n_cases=4)
+    return ws
+
+
+def test_loss_falls_on_a_fixed_batch():
+    from monai.inferers import DiffusionInferer
+
+    cfg = b.tiny_synth_config()
+    scheme = load_label_scheme("brats2023")
+    n_cond = n_condition_channels(scheme)
+    net = build_network(cfg.network, n_cond, seed=0)
+    inferer = DiffusionInferer(build_scheduler(cfg.diffusion))
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 4, 16, 16, 16), generator=g) * 2 - 1
+    labels = torch.randint(0, n_cond, (2, 16, 16, 16), generator=g)
+    noise = torch.randn(image.shape, generator=g)
+    t = torch.tensor([10, 60])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = training_loss(net, inferer, image, labels, noise, t, n_cond, "mse")
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws):
+    cfg = b.tiny_synth_config(steps=6, checkpoint_every=2, montage_cases=0)
+    train_synthesizer(ws, "tiny", "straight", cfg, track=False, progress=False)
+    train_synthesizer(ws, "tiny", "interrupted", cfg, steps=3, track=False, progress=False)
+    r = train_synthesizer(ws, "tiny", "interrupted", cfg, resume=True, track=False, progress=False)
+    assert r.start_step == 3 and r.steps == 6
+    a = read_log(model_paths(ws, "straight").log)
+    c = read_log(model_paths(ws, "interrupted").log)
+    assert [x["step"] for x in c] == [1, 2, 3, 4, 5, 6]
+    assert [x["loss"] for x in a] == [x["loss"] for x in c]
+    wa = torch.load(model_paths(ws, "straight").ema, weights_only=True)
+    wc = torch.load(model_paths(ws, "interrupted").ema, weights_only=True)
+    assert wa["step"] == wc["step"] == 6
+    for k in wa["ema"]:
+        assert torch.equal(wa["ema"][k], wc["ema"][k]), k
+
+
+def test_checkpoint_holds_model_ema_optimizer_step_and_rng_states(ws):
+    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, keep_checkpoints=1, montage_cases=0)
+    train_synthesizer(ws, "tiny", "ck", cfg, track=False, progress=False)
+    paths = model_paths(ws, "ck")
+    assert [s for s, _ in paths.list_checkpoints()] == [2]
+    ck = torch.load(paths.checkpoint(2), weights_only=True)
+    assert ck["step"] == 2 and {"model", "ema", "optimizer", "rng"} <= set(ck)
+    assert set(ck["rng"]) == {"data", "noise"} and all(isinstance(v, torch.Tensor) for v in ck["rng"].values())
+    stats = read_json(paths.stats)
+    assert set(stats["normalisation"]["lo"]) == {"t1n", "t1c", "t2w", "t2f"}
+    assert stats["quality_reference"]["t1c"]["head"]["n_cases"] == 3
+
+
+def test_only_train_split_cases_are_used(ws):
+    cfg = b.tiny_synth_config(steps=1, montage_cases=0)
+    train_synthesizer(ws, "tiny", "split", cfg, track=False, progress=False)
+    ds = open_dataset(ws, "tiny")
+    card = read_json(model_paths(ws, "split").config)
+    assert card["train_cases"] == ds.ok_cases("train")["case_id"].tolist()
+    assert len(card["train_cases"]) == 3 and not set(card["train_cases"]) & set(ds.ok_cases("test")["case_id"])
+
+
+def test_a_second_training_without_resume_is_refused(ws):
+    cfg = b.tiny_synth_config(steps=1, montage_cases=0)
+    train_synthesizer(ws, "tiny", "twice", cfg, track=False, progress=False)
+    with pytest.raises(SynthesisError, match="--resume"):
+        train_synthesizer(ws, "tiny", "twice", cfg, steps=2, track=False, progress=False)
+    with pytest.raises(SynthesisError, match="config differs"):
+        other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
+        train_synthesizer(ws, "tiny", "twice", other, steps=2, resume=True, track=False, progress=False)
+    assert np.isfinite(read_log(model_paths(ws, "twice").log)[-1]["loss"])
