@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 WS     ?= workspace
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup demo test test-slow lint bench clean-workspace dashboard
+.PHONY: setup demo test test-slow lint bench clean-workspace dashboard serve
 
 setup: $(STAMP)
 
@@ -41,3 +41,15 @@ bench: setup
 
 clean-workspace:
 	rm -rf $(WS)
+
+# The MLflow UI over the workspace store, on 127.0.0.1 only.
+MLFLOW_PORT ?= 5000
+dashboard: setup
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	  --backend-store-uri sqlite:///$(abspath $(WS))/mlflow/mlflow.db \
+	  --default-artifact-root $(abspath $(WS))/mlflow/artifacts
+
+# A local Prefect server and process worker on 127.0.0.1, with every deployment of prefect.yaml.
+PREFECT_PORT ?= 4200
+serve: setup
+	$(VENV)/bin/python -m flows serve --port $(PREFECT_PORT) --workspace $(WS)

@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    configure_workspace(getattr(args, "workspace", "workspace"))
+    workspace = getattr(args, "workspace", None)
+    if workspace is None and getattr(args, "config", None):
+        from flows.pipeline import load_config
+
+        workspace = load_config(args.config).workspace
+    configure_workspace(workspace or "workspace")
     try:
         return args.handler(args)
     except Exception as err:  # one clear line for the user; details with -v

@@ -59,6 +59,11 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
                    help="nnU-Net schedule: tiny (tests), cpu-demo (2 epochs x 8 iterations, CPU) or full (nnU-Net default, GPU)")
     p.add_argument("--preset", default="brats2023", choices=["brats2023", "brats2024"], help="lesion-wise preset")
     p.add_argument("--experiment", default="gliosynth-ablation", help="MLflow experiment name")
+    p.add_argument("--task-runner", default="threads", choices=["threads", "dask"],
+                   help="how configurations fan out: threads here, or Dask (prefect-dask) (default: threads)")
+    p.add_argument("--max-parallel", type=int, default=1,
+                   help="configurations at once (threads or local Dask workers; default 1: nnU-Net uses every core)")
+    p.add_argument("--dask-address", default=None, help="scheduler address of an existing Dask cluster")
     workspace_arg(p)
     p.set_defaults(handler=_run_ablation)
 
@@ -66,11 +71,14 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
 def _run_ablation(a: argparse.Namespace) -> int:
     from components.ablation import AblationConfig
     from flows.ablation import AblationParams, ablation_flow
+    from flows.runners import RunnerConfig, make_task_runner
 
     cfg = AblationConfig(ratios=tuple(a.ratios), seeds=tuple(a.seeds), synthetic_only=a.synthetic_only,
                          real_fraction=a.real_fraction, high_quality=a.high_quality, schedule=a.schedule,
                          preset=a.preset, experiment=a.experiment)
-    out = ablation_flow(AblationParams(workspace=a.workspace, name=a.name, real=a.real, synthetic=a.synthetic,
+    runner = make_task_runner(RunnerConfig(kind=a.task_runner, max_parallel=a.max_parallel,
+                                           dask_address=a.dask_address))
+    out = ablation_flow.with_options(task_runner=runner)(AblationParams(workspace=a.workspace, name=a.name, real=a.real, synthetic=a.synthetic,
                                        config=cfg))
     import pandas as pd
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
+from components.metrics import code_digest
 from components.metrics.segmentation import SegmentationEvalConfig, inputs_digest
 from components.metrics.synthesis import SynthesisEvalConfig
 from data_catalog import open_dataset
@@ -42,7 +43,7 @@ def evaluate_segmentation_flow(params: SegmentationEvalParams) -> dict:
     gt_digest, pred_digest = inputs_digest(gt, pred, ws)
     result = run_cached(
         evaluate_segmentation_task, [Path(out), Path(out).with_suffix(".json")], gt=gt, gt_digest=gt_digest,
-        pred=pred, pred_digest=pred_digest, workspace=ws, out=out, config=params.config,
+        pred=pred, pred_digest=pred_digest, workspace=ws, out=out, config=params.config, code_digest=code_digest(),
     )
     logger.info("segmentation scores of %d cases -> %s (%d problems)", result["n_cases"], out, len(result["problems"]))
     return result
@@ -62,6 +63,7 @@ def evaluate_synthesis_flow(params: SynthesisEvalParams) -> dict:
     result = run_cached(
         evaluate_synthesis_task, synthesis_outputs(out), workspace=ws, real=params.real, real_digest=real_digest,
         synthetic=params.synthetic, synthetic_digest=synth_digest, out=out, config=params.config,
+        code_digest=code_digest(),
     )
     logger.info("synthesis scores of %s vs %s -> %s", params.synthetic, params.real, result["json"])
     return result

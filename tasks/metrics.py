@@ -14,8 +14,9 @@ from tasks.common import CACHE
 @task(name="evaluate-segmentation", cache_policy=CACHE, persist_result=True)
 def evaluate_segmentation_task(
     gt: str, gt_digest: str, pred: str, pred_digest: str, workspace: str, out: str, config: SegmentationEvalConfig,
+    code_digest: str = "",
 ) -> dict:
-    # The digests are part of the cache key: unchanged files are a cache hit and do no work.
+    # The digests are part of the cache key: unchanged files and metric code are a cache hit and do no work.
     report = evaluate_segmentation(gt, pred, config, workspace)
     csv_path, json_path = write_segmentation_report(
         report, out, config, extra={"gt": gt, "gt_digest": gt_digest, "pred": pred, "pred_digest": pred_digest},
@@ -29,7 +30,7 @@ def evaluate_segmentation_task(
 @task(name="evaluate-synthesis", cache_policy=CACHE, persist_result=True)
 def evaluate_synthesis_task(
     workspace: str, real: str, real_digest: str, synthetic: str, synthetic_digest: str, out: str,
-    config: SynthesisEvalConfig,
+    config: SynthesisEvalConfig, code_digest: str = "",
 ) -> dict:
     report = evaluate_synthesis(workspace, real, synthetic, config)
     json_path, csv_path = write_report(report, out)

@@ -97,9 +97,12 @@ def test_ablation_logs_parent_and_children_to_mlflow(real_syn):
 
     from components.tracking import tracking_uri
     from flows.ablation import AblationParams, ablation_flow
+    from flows.runners import RunnerConfig, make_task_runner
 
     ws, real, syn = real_syn
-    out = ablation_flow(AblationParams(
+    # Configurations fan out through prefect-dask's DaskTaskRunner on a LocalCluster.
+    runner = make_task_runner(RunnerConfig(kind="dask", max_parallel=1))
+    out = ablation_flow.with_options(task_runner=runner)(AblationParams(
         workspace=str(ws), name="t", real="real", synthetic="syn",
         config=AblationConfig(ratios=(0, 1), schedule="tiny"), extra_metrics={"fid2d_t1n": 1.5}))
     assert out["n_ok"] == 2 and out["n_failed"] == 0

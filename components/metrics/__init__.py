@@ -9,6 +9,7 @@ One naming scheme for MLflow and CSVs: ``dice_<region>``, ``hd95_<region>_mm``, 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,17 @@ SEGMENTATION_METRICS = {
     "lw_dice": "lw_dice_{region}",
     "lw_hd95": "lw_hd95_{region}",
 }
+
+
+def code_digest() -> str:
+    """sha256 of this package's source: part of the task cache key, so changed maths is never served stale.
+
+    (The tasks' TASK_SOURCE policy only sees the thin task wrappers.)
+    """
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def segmentation_metric_name(column: str, region: str) -> str:

@@ -125,29 +125,11 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def ensure_safe_start_method() -> None:
-    """Make nnU-Net's process pools fork from a clean server process, not from this threaded one.
-
-    nnU-Net opens ``multiprocessing.Pool``s with the default start method; forking a process that
-    runs Prefect's threads deadlocks the children (seen in fingerprinting). ``forkserver`` forks
-    from a single-threaded helper process instead (the default from Python 3.14 on).
-    """
-    import multiprocessing as mp
-
-    if mp.get_start_method(allow_none=True) in (None, "fork"):
-        mp.set_start_method("forkserver", force=True)
-        # Import the heavy modules once in the server, so each pool worker is a cheap fork.
-        mp.set_forkserver_preload(["torch", "SimpleITK", "nnunetv2.experiment_planning.verify_dataset_integrity",
-                                   "nnunetv2.preprocessing.preprocessors.default_preprocessor"])
-        log.debug("multiprocessing start method set to forkserver for nnU-Net's pools")
-
-
-def plan_and_preprocess(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, verify: bool = True) -> Path:
+def _plan_and_preprocess_here(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, verify: bool = True) -> Path:
     """nnU-Net fingerprint (with its integrity check), experiment planning and preprocessing."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-    ensure_safe_start_method()
     # No nnUNet_n_proc_DA override here: the planner sizes torch's thread pool with it.
     with nnunet_paths(root) as paths:
         t0 = time.perf_counter()
@@ -161,13 +143,12 @@ def plan_and_preprocess(root: str | os.PathLike, dataset_id: int, schedule: Nnun
         return paths["nnUNet_preprocessed"] / name
 
 
-def train(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, seed: int = 0) -> Path:
+def _train_here(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, seed: int = 0) -> Path:
     """Train nnUNetTrainer with the schedule's lengths; return the trained model folder."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     device = resolve_device(schedule.device)
-    ensure_safe_start_method()
     with nnunet_paths(root, schedule.augmentation_processes) as paths, seeded_global_rngs(seed):
         name = convert_id_to_dataset_name(dataset_id)
         pre = paths["nnUNet_preprocessed"] / name
@@ -188,7 +169,7 @@ def train(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, se
         return Path(trainer.output_folder_base)
 
 
-def predict(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir: str | os.PathLike,
+def _predict_here(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir: str | os.PathLike,
             schedule: NnunetSchedule) -> dict[str, Path]:
     """Predict ``{case_id: [t1n, t1c, t2w, t2f]}`` into ``<out_dir>/<case_id>.nii.gz`` (in-process)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -209,3 +190,77 @@ def predict(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir:
         save_probabilities=False, overwrite=True,
     )
     return {c: out_dir / f"{c}.nii.gz" for c in ids}
+
+
+# --------------------------------------------------------------------------- isolation
+# Each nnU-Net step runs in a fresh Python process. nnU-Net opens fork-based process pools, and
+# forking a process that runs Prefect's (or Dask's) threads deadlocks the children; a fresh,
+# single-threaded process forks safely. It also keeps nnU-Net's environment variables, global RNG
+# seeding and prints out of the caller's process.
+def _run_isolated(step: str, args: dict[str, Any], log_file: Path) -> Any:
+    import subprocess
+    import sys
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "components.segmentation.nnunet", step, json.dumps(args)]
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
+    t0 = time.perf_counter()
+    with open(log_file, "a", encoding="utf-8") as fh:
+        proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=fh, text=True, check=False)
+        fh.write(proc.stdout)
+    if proc.returncode != 0:
+        tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"nnU-Net {step} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT)]
+    log.info("nnU-Net %s: %.1f s (log %s)", step, time.perf_counter() - t0, log_file)
+    return json.loads(lines[-1][len(_RESULT):]) if lines else None
+
+
+_RESULT = "GLIOSYNTH_RESULT "
+
+
+def plan_and_preprocess(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, verify: bool = True) -> Path:
+    """nnU-Net fingerprint (with its integrity check), experiment planning and preprocessing."""
+    out = _run_isolated("plan", {"root": str(root), "dataset_id": dataset_id, "schedule": schedule.model_dump(),
+                                 "verify": verify}, Path(root) / "logs" / f"plan_{dataset_id}.log")
+    return Path(out)
+
+
+def train(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, seed: int = 0) -> Path:
+    """Train nnUNetTrainer with the schedule's lengths (seeded); return the trained model folder."""
+    out = _run_isolated("train", {"root": str(root), "dataset_id": dataset_id, "schedule": schedule.model_dump(),
+                                  "seed": seed}, Path(root) / "logs" / f"train_{dataset_id}.log")
+    return Path(out)
+
+
+def predict(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir: str | os.PathLike,
+            schedule: NnunetSchedule) -> dict[str, Path]:
+    """Predict ``{case_id: [t1n, t1c, t2w, t2f]}`` into ``<out_dir>/<case_id>.nii.gz``."""
+    out = _run_isolated("predict", {"model_dir": str(model_dir), "cases": {k: [str(p) for p in v] for k, v in cases.items()},
+                                    "out_dir": str(out_dir), "schedule": schedule.model_dump()},
+                        Path(out_dir) / "predict.log")
+    return {k: Path(v) for k, v in out.items()}
+
+
+def _main(argv: list[str]) -> None:
+    step, args = argv[0], json.loads(argv[1])
+    schedule = NnunetSchedule(**args.pop("schedule"))
+    if step == "plan":
+        res: Any = str(_plan_and_preprocess_here(args["root"], args["dataset_id"], schedule, args["verify"]))
+    elif step == "train":
+        res = str(_train_here(args["root"], args["dataset_id"], schedule, args["seed"]))
+    elif step == "predict":
+        cases = {k: [Path(p) for p in v] for k, v in args["cases"].items()}
+        res = {k: str(v) for k, v in _predict_here(args["model_dir"], cases, args["out_dir"], schedule).items()}
+    else:
+        raise SystemExit(f"unknown nnU-Net step {step!r}")
+    print(_RESULT + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":  # nnU-Net's spawn pools re-import the main module: keep this guard
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _main(sys.argv[1:])

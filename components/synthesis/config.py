@@ -85,6 +85,10 @@ class DiffusionConfig(_Frozen):
     beta_end: float = Field(0.0195, gt=0.0, description="scaled_linear_beta only")
     prediction_type: Literal["epsilon"] = "epsilon"
     loss: Literal["l1", "mse"] = "mse"
+    loss_weighting: Literal["none", "min_snr"] = Field(
+        "none", description="min_snr: per-timestep weight min(SNR, gamma) / SNR on the epsilon loss (Hang et al. "
+        "2023), which stops the easy low-noise steps from dominating and speeds up convergence")
+    min_snr_gamma: float = Field(5.0, gt=0.0)
     clip_sample: bool = Field(True, description="clip the predicted x0 to [-1, 1], the data range")
 
 

@@ -95,14 +95,29 @@ def loss_function(kind: str):
     return F.l1_loss if kind == "l1" else F.mse_loss
 
 
+def timestep_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, weighting: str, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights. min_snr for epsilon prediction: min(SNR_t, gamma) / SNR_t with
+    SNR_t = a_t / (1 - a_t) (Hang et al. 2023, eq. 8); none: ones."""
+    if weighting == "none":
+        return torch.ones(timesteps.shape, dtype=torch.float32)
+    a = alphas_cumprod[timesteps.cpu()].float()
+    snr = a / (1.0 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
 def training_loss(net: torch.nn.Module, inferer: Any, image: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                  timesteps: torch.Tensor, n_condition: int, loss: str, amp: bool = False) -> torch.Tensor:
+                  timesteps: torch.Tensor, n_condition: int, loss: str, amp: bool = False,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """Epsilon objective (Ho et al. 2020, eq. 14): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, then the
-    loss between eps and eps_theta([x_t, one-hot mask], t). image (B, 4, X, Y, Z), labels (B, X, Y, Z)."""
+    loss between eps and eps_theta([x_t, one-hot mask], t), optionally weighted per sample.
+    image (B, 4, X, Y, Z), labels (B, X, Y, Z), timesteps and weights (B,)."""
     cond = one_hot(labels, n_condition)
     with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16, enabled=amp):
         pred = inferer(inputs=image, diffusion_model=net, noise=noise, timesteps=timesteps, condition=cond, mode="concat")
-    return loss_function(loss)(pred.float(), noise)
+    per_sample = loss_function(loss)(pred.float(), noise, reduction="none").flatten(1).mean(1)
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample.device)
+    return per_sample.mean()
 
 
 def ema_decay_at(cfg_decay: float, n_updates: int) -> float:
@@ -379,8 +394,10 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
             img, lab = draw_batch(ts, B, cfg.data, gens["data"])
             noise = torch.randn(img.shape, generator=gens["noise"])
             t = torch.randint(0, T, (B,), generator=gens["noise"])
+            w = timestep_weights(inferer_scheduler.alphas_cumprod, t, cfg.diffusion.loss_weighting,
+                                 cfg.diffusion.min_snr_gamma)
             loss = training_loss(net, inferer, img.to(device), lab.to(device), noise.to(device), t.to(device), n_cond,
-                                 cfg.diffusion.loss, use_amp) / accum
+                                 cfg.diffusion.loss, use_amp, weights=w) / accum
             loss.backward()
             step_loss += float(loss.detach())
         if cfg.train.grad_clip:
