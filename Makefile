@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 WS     ?= workspace
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup demo test test-slow lint bench clean-workspace dashboard serve
+.PHONY: setup demo demo-ingest test test-slow lint bench clean-workspace dashboard serve
 
 setup: $(STAMP)
 
@@ -22,10 +22,13 @@ $(STAMP): requirements.txt
 	touch $@
 
 demo: setup
-	$(PY) -m flows phantom --workspace $(WS) --name phantom --cases 8 --spacing 2 --seed 0
-	$(PY) -m flows ingest $(WS)/datasets/phantom/cases --workspace $(WS) --name phantom-ingested
+	$(PY) -m flows pipeline --config configs/demo.yaml --workspace $(WS)
+
+# The foundation alone: 8 phantom cases at 2 mm, ingested back exactly as a BraTS 2023 release.
+demo-ingest: setup
+	$(PY) -m flows phantom --workspace $(WS) --name phantom-2mm --cases 8 --spacing 2 --seed 0
+	$(PY) -m flows ingest $(WS)/datasets/phantom-2mm/cases --workspace $(WS) --name phantom-2mm-ingested
 	$(PY) -m flows datasets --workspace $(WS)
-	@echo "montages: $(WS)/datasets/phantom/montage.png $(WS)/datasets/phantom-ingested/montage.png"
 
 test: setup
 	$(PY) -m pytest -q
@@ -38,6 +41,8 @@ lint: setup
 
 bench: setup
 	$(PY) bench/ingest.py
+	$(PY) bench/masks.py
+	$(PY) bench/sampling.py
 
 clean-workspace:
 	rm -rf $(WS)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"every side of --shape must be a multiple of {factor} for this network, got {shape}")
     scheme = load_label_scheme("brats2023")
     n_cond = n_condition_channels(scheme)
-    net = build_network(cfg.network, n_cond, seed=a.seed).to(device).eval()
+    net = build_network(cfg.network, n_cond, seed=a.seed, diffusion=cfg.diffusion).to(device).eval()
     labels = _labels(shape).to(device)
     T = cfg.diffusion.num_train_timesteps
     ddim_steps = a.ddim_steps or cfg.sample.steps

@@ -266,6 +266,13 @@ def lesionwise_scores(
     voxel_mm3 = float(np.prod(spacing))
     threshold = cfg.threshold(region)
     merge_dil = cfg.merge_dilation_for(region)
+    # Work inside the union's bounding box, padded past every dilation: components and dilations
+    # there are exactly those of the full volume, at a fraction of the cost on a 240x240x155 grid.
+    union = ndi.find_objects((pred | gt).astype(np.uint8))
+    if not union or union[0] is None:
+        return LesionwiseResult(dice=1.0, hd95=0.0, n_gt=0, n_tp=0, n_fn=0, n_fp=0)
+    crop = _expand(union[0], max(cfg.dilation, merge_dil) + 2, gt.shape)
+    pred, gt = pred[crop], gt[crop]
     shape = gt.shape
 
     if cfg.merge_pred_by_dilation:
@@ -367,7 +374,7 @@ def case_id_of(path: Path) -> str:
 def find_seg_files(folder: str | Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
     """Case id -> seg file under ``folder`` (searched recursively), plus problems (duplicates, odd names).
 
-    Images beside the segmentations (``<case>-t1n.nii.gz`` ...) are ignored.
+    Images beside the segmentations (``<case>-t1n.nii.gz`` ...) and MSD image folders are ignored.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -377,6 +384,8 @@ def find_seg_files(folder: str | Path) -> tuple[dict[str, Path], list[dict[str, 
     modality_re = re.compile(r"[-_](t1n|t1c|t2w|t2f|t1|t1ce|t2|flair)$")
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith(".") or not NIFTI_RE.search(p.name):
+            continue
+        if any(part in ("imagesTr", "imagesTs") for part in p.relative_to(folder).parts[:-1]):
             continue
         stem = NIFTI_RE.sub("", p.name)
         if modality_re.search(stem):

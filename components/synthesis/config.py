@@ -89,6 +89,11 @@ class DiffusionConfig(_Frozen):
         "none", description="min_snr: per-timestep weight min(SNR, gamma) / SNR on the epsilon loss (Hang et al. "
         "2023), which stops the easy low-noise steps from dominating and speeds up convergence")
     min_snr_gamma: float = Field(5.0, gt=0.0)
+    precondition: Literal["none", "wiener"] = Field(
+        "none", description="wiener: eps = c_skip(t) x_t + network, c_skip the linear MMSE estimate of eps from x_t "
+        "(EDM-style preconditioning); the untrained model is a Wiener denoiser instead of noise, which short CPU "
+        "runs need. none: the plain network (Med-DDPM)")
+    sigma_data: float = Field(0.5, gt=0.0, description="RMS of the normalised data, for the wiener skip")
     clip_sample: bool = Field(True, description="clip the predicted x0 to [-1, 1], the data range")
 
 

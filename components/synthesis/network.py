@@ -10,9 +10,35 @@ from data_catalog import MODALITIES
 N_MODALITIES = len(MODALITIES)
 
 
-def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0) -> torch.nn.Module:
+class WienerSkip(torch.nn.Module):
+    """Epsilon network with a preconditioning skip: eps(x_t, t) = c_skip(t) x_t + F([x_t, mask], t).
+
+    c_skip = sqrt(1 - a_t) / (a_t s^2 + 1 - a_t) is the linear minimum-mean-square-error estimate of
+    eps from x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps when x_0 has second moment s^2 (the skip idea of
+    EDM's preconditioning, Karras et al. 2022, sec. 5, written for epsilon). F is MONAI's U-Net, whose
+    output convolution starts at zero, so the untrained model is a Wiener denoiser (x0 estimates shrink
+    toward 0) rather than noise that the sampler's clipping turns into salt and pepper; F learns the
+    rest. The output is still epsilon: schedulers, losses and samplers are unchanged.
+    """
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, sigma_data: float, n_image: int):
+        super().__init__()
+        self.unet = unet
+        self.sigma2 = float(sigma_data) ** 2
+        self.n_image = n_image
+        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.alphas_cumprod[timesteps.long()].view(-1, *([1] * (x.dim() - 1)))
+        c_skip = torch.sqrt(1.0 - a) / (a * self.sigma2 + 1.0 - a)
+        return c_skip.to(x.dtype) * x[:, : self.n_image] + self.unet(x, timesteps=timesteps, context=context)
+
+
+def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
+                  diffusion: DiffusionConfig | None = None) -> torch.nn.Module:
     """``DiffusionModelUNet`` (3-D) taking the noisy 4-modality image concatenated with the one-hot
-    mask (4 + C channels) and predicting the noise of the 4 modalities (Med-DDPM's conditioning).
+    mask (4 + C channels) and predicting the noise of the 4 modalities (Med-DDPM's conditioning);
+    wrapped in :class:`WienerSkip` when ``diffusion.precondition == "wiener"``.
 
     Weights are initialised from ``seed`` without touching the caller's global RNG state.
     """
@@ -21,7 +47,7 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0) -> torch.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            return DiffusionModelUNet(
+            net = DiffusionModelUNet(
                 spatial_dims=3, in_channels=N_MODALITIES + n_condition, out_channels=N_MODALITIES,
                 channels=cfg.channels, num_res_blocks=cfg.num_res_blocks, attention_levels=cfg.attention_levels,
                 num_head_channels=cfg.num_head_channels, norm_num_groups=cfg.norm_num_groups,
@@ -29,6 +55,9 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0) -> torch.
             )
         except ValueError as err:
             raise SynthesisError(f"network settings rejected by MONAI's DiffusionModelUNet: {err}") from err
+    if diffusion is not None and diffusion.precondition == "wiener":
+        return WienerSkip(net, build_scheduler(diffusion).alphas_cumprod, diffusion.sigma_data, N_MODALITIES)
+    return net
 
 
 def build_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):

@@ -141,7 +141,7 @@ def load_trained_model(workspace: str | Path, name: str, device: str = "auto") -
     dev = resolve_device(device)
     scheme = load_label_scheme(card["label_scheme"])
     n_cond = int(card["n_condition"])
-    net = build_network(cfg.network, n_cond, seed=cfg.seed)
+    net = build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion)
     net.load_state_dict(blob["ema"])
     net.to(dev).eval()
     return TrainedModel(name=name, paths=paths, config=cfg, card=card, stats=stats, scheme=scheme, n_condition=n_cond,

@@ -348,7 +348,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
 
     device = resolve_device(cfg.train.device)
     use_amp = cfg.train.amp and device.type == "cuda"
-    net = build_network(cfg.network, n_cond, seed=cfg.seed).to(device)
+    net = build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
     inferer_scheduler = build_scheduler(cfg.diffusion, "ddpm")
@@ -438,7 +438,8 @@ def _summary(paths: ModelPaths, name: str, cfg: SynthesizerConfig, step: int, st
     losses = [r["loss"] for r in rows]
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     if n_params is None:
-        n_params = count_parameters(build_network(cfg.network, int(read_json(paths.config)["n_condition"]), cfg.seed))
+        n_params = count_parameters(build_network(cfg.network, int(read_json(paths.config)["n_condition"]), cfg.seed,
+                                                  cfg.diffusion))
     return TrainResult(
         name=name, model_dir=paths.root, steps=step, start_step=start,
         final_loss=losses[-1] if losses else float("nan"), smoothed_loss=float(np.mean(tail)),
