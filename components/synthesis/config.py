@@ -85,15 +85,22 @@ class DiffusionConfig(_Frozen):
     beta_end: float = Field(0.0195, gt=0.0, description="scaled_linear_beta only")
     prediction_type: Literal["epsilon"] = "epsilon"
     loss: Literal["l1", "mse"] = "mse"
-    loss_weighting: Literal["none", "min_snr"] = Field(
-        "none", description="min_snr: per-timestep weight min(SNR, gamma) / SNR on the epsilon loss (Hang et al. "
-        "2023), which stops the easy low-noise steps from dominating and speeds up convergence")
+    loss_weighting: Literal["none", "min_snr", "edm"] = Field(
+        "none", description="per-timestep weight on the epsilon loss. min_snr: min(SNR, gamma) / SNR (Hang et al. "
+        "2023); edm: 1 / c_out(t)^2, which with precondition 'edm' trains the inner network on a unit-variance "
+        "target at every noise level (Karras et al. 2022)")
     min_snr_gamma: float = Field(5.0, gt=0.0)
-    precondition: Literal["none", "wiener"] = Field(
-        "none", description="wiener: eps = c_skip(t) x_t + network, c_skip the linear MMSE estimate of eps from x_t "
-        "(EDM-style preconditioning); the untrained model is a Wiener denoiser instead of noise, which short CPU "
-        "runs need. none: the plain network (Med-DDPM)")
-    sigma_data: float = Field(0.5, gt=0.0, description="RMS of the normalised data, for the wiener skip")
+    precondition: Literal["none", "edm"] = Field(
+        "none", description="edm: eps = c_skip(t) x_t + c_out(t) F(c_in(t) x_t, mask, t), EDM's preconditioning "
+        "written for epsilon (the model still predicts epsilon; schedulers and samplers are unchanged). It makes "
+        "short CPU runs learn the image structure; none: the plain network (Med-DDPM)")
+    sigma_data: float = Field(0.5, gt=0.0, description="RMS of the normalised data (edm preconditioning)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionConfig:
+        if self.loss_weighting == "edm" and self.precondition != "edm":
+            raise ValueError("loss_weighting 'edm' needs precondition 'edm'")
+        return self
     clip_sample: bool = Field(True, description="clip the predicted x0 to [-1, 1], the data range")
 
 

@@ -10,35 +10,49 @@ from data_catalog import MODALITIES
 N_MODALITIES = len(MODALITIES)
 
 
-class WienerSkip(torch.nn.Module):
-    """Epsilon network with a preconditioning skip: eps(x_t, t) = c_skip(t) x_t + F([x_t, mask], t).
+def edm_coefficients(a: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_in, c_skip, c_out) for x_t = sqrt(a) x_0 + sqrt(1 - a) eps with E[x_0^2] = s^2.
 
-    c_skip = sqrt(1 - a_t) / (a_t s^2 + 1 - a_t) is the linear minimum-mean-square-error estimate of
-    eps from x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps when x_0 has second moment s^2 (the skip idea of
-    EDM's preconditioning, Karras et al. 2022, sec. 5, written for epsilon). F is MONAI's U-Net, whose
-    output convolution starts at zero, so the untrained model is a Wiener denoiser (x0 estimates shrink
-    toward 0) rather than noise that the sampler's clipping turns into salt and pepper; F learns the
-    rest. The output is still epsilon: schedulers, losses and samplers are unchanged.
+    v = a s^2 + 1 - a is the variance of x_t; c_skip = sqrt(1 - a) / v is the linear minimum-mean-
+    square-error estimate of eps from x_t, c_out = sqrt(a s^2 / v) the standard deviation of what it
+    leaves, c_in = 1 / sqrt(v) scales the input to unit variance (Karras et al. 2022, Table 1 and
+    appendix B.6, rewritten for an epsilon target).
+    """
+    s2 = float(sigma_data) ** 2
+    v = a * s2 + 1.0 - a
+    return 1.0 / torch.sqrt(v), torch.sqrt(1.0 - a) / v, torch.sqrt(a * s2 / v)
+
+
+class EDMPreconditioned(torch.nn.Module):
+    """Epsilon network eps(x_t, t) = c_skip x_t + c_out F([c_in x_t, mask], t), F = MONAI's U-Net.
+
+    The output is epsilon, so schedulers, losses and samplers are the same as for the plain network.
+    F's output convolution starts at zero, so the untrained model is the linear (Wiener) denoiser,
+    not noise that the sampler's clipping turns into salt and pepper; trained with loss weighting
+    'edm', F sees a unit-variance target at every noise level, which is what lets a few hundred CPU
+    steps learn the image structure.
     """
 
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, sigma_data: float, n_image: int):
         super().__init__()
         self.unet = unet
-        self.sigma2 = float(sigma_data) ** 2
+        self.sigma_data = float(sigma_data)
         self.n_image = n_image
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float().clone(), persistent=False)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         a = self.alphas_cumprod[timesteps.long()].view(-1, *([1] * (x.dim() - 1)))
-        c_skip = torch.sqrt(1.0 - a) / (a * self.sigma2 + 1.0 - a)
-        return c_skip.to(x.dtype) * x[:, : self.n_image] + self.unet(x, timesteps=timesteps, context=context)
+        c_in, c_skip, c_out = (c.to(x.dtype) for c in edm_coefficients(a, self.sigma_data))
+        x_t = x[:, : self.n_image]
+        inner = torch.cat([c_in * x_t, x[:, self.n_image:]], dim=1)
+        return c_skip * x_t + c_out * self.unet(inner, timesteps=timesteps, context=context)
 
 
 def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
                   diffusion: DiffusionConfig | None = None) -> torch.nn.Module:
     """``DiffusionModelUNet`` (3-D) taking the noisy 4-modality image concatenated with the one-hot
     mask (4 + C channels) and predicting the noise of the 4 modalities (Med-DDPM's conditioning);
-    wrapped in :class:`WienerSkip` when ``diffusion.precondition == "wiener"``.
+    wrapped in :class:`EDMPreconditioned` when ``diffusion.precondition == "edm"``.
 
     Weights are initialised from ``seed`` without touching the caller's global RNG state.
     """
@@ -55,8 +69,8 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
             )
         except ValueError as err:
             raise SynthesisError(f"network settings rejected by MONAI's DiffusionModelUNet: {err}") from err
-    if diffusion is not None and diffusion.precondition == "wiener":
-        return WienerSkip(net, build_scheduler(diffusion).alphas_cumprod, diffusion.sigma_data, N_MODALITIES)
+    if diffusion is not None and diffusion.precondition == "edm":
+        return EDMPreconditioned(net, build_scheduler(diffusion).alphas_cumprod, diffusion.sigma_data, N_MODALITIES)
     return net
 
 

@@ -95,14 +95,21 @@ def loss_function(kind: str):
     return F.l1_loss if kind == "l1" else F.mse_loss
 
 
-def timestep_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, weighting: str, gamma: float) -> torch.Tensor:
-    """Per-sample loss weights. min_snr for epsilon prediction: min(SNR_t, gamma) / SNR_t with
-    SNR_t = a_t / (1 - a_t) (Hang et al. 2023, eq. 8); none: ones."""
-    if weighting == "none":
+def timestep_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, diffusion: Any) -> torch.Tensor:
+    """Per-sample weights on the epsilon loss (B,). SNR_t = a_t / (1 - a_t).
+
+    min_snr: min(SNR_t, gamma) / SNR_t (Hang et al. 2023, eq. 8, epsilon form); edm: 1 / c_out(t)^2,
+    i.e. the inner network's loss on its unit-variance target (Karras et al. 2022); none: ones.
+    """
+    if diffusion.loss_weighting == "none":
         return torch.ones(timesteps.shape, dtype=torch.float32)
-    a = alphas_cumprod[timesteps.cpu()].float()
-    snr = a / (1.0 - a)
-    return torch.clamp(snr, max=gamma) / snr
+    a = alphas_cumprod[timesteps.cpu()].double()
+    if diffusion.loss_weighting == "min_snr":
+        snr = a / (1.0 - a)
+        return (torch.clamp(snr, max=diffusion.min_snr_gamma) / snr).float()
+    from components.synthesis.network import edm_coefficients
+
+    return (1.0 / edm_coefficients(a, diffusion.sigma_data)[2] ** 2).float()
 
 
 def training_loss(net: torch.nn.Module, inferer: Any, image: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
@@ -394,8 +401,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
             img, lab = draw_batch(ts, B, cfg.data, gens["data"])
             noise = torch.randn(img.shape, generator=gens["noise"])
             t = torch.randint(0, T, (B,), generator=gens["noise"])
-            w = timestep_weights(inferer_scheduler.alphas_cumprod, t, cfg.diffusion.loss_weighting,
-                                 cfg.diffusion.min_snr_gamma)
+            w = timestep_weights(inferer_scheduler.alphas_cumprod, t, cfg.diffusion)
             loss = training_loss(net, inferer, img.to(device), lab.to(device), noise.to(device), t.to(device), n_cond,
                                  cfg.diffusion.loss, use_amp, weights=w) / accum
             loss.backward()
