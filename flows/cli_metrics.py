@@ -96,6 +96,9 @@ def _add_evaluate_synthesis(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--msssim-pairs", type=int, default=8, help="random pairs per MS-SSIM diversity / real-real estimate (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of all sampling (slices, pairs, KID subsets) (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads while scoring; 1 is about twice as fast when other jobs keep the cores busy "
+                        "(default: torch's setting)")
     workspace_arg(p)
     p.set_defaults(handler=_run_evaluate_synthesis)
 
@@ -106,7 +109,7 @@ def _run_evaluate_synthesis(a: argparse.Namespace) -> int:
 
     mods = tuple(m.strip() for m in a.modalities.split(",") if m.strip())
     cfg = SynthesisEvalConfig(modalities=mods, max_slices=a.max_slices, max_cases=a.max_cases, real_split=a.real_split,
-                              msssim_pairs=a.msssim_pairs, seed=a.seed, device=a.device)
+                              msssim_pairs=a.msssim_pairs, seed=a.seed, device=a.device, threads=a.threads)
     out = evaluate_synthesis_flow(
         SynthesisEvalParams(real=a.real, synthetic=a.synthetic, out=a.out, workspace=a.workspace, config=cfg)
     )

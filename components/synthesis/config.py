@@ -110,6 +110,9 @@ class TrainConfig(_Frozen):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-4, gt=0.0)
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant, or cosine decay to min_lr at the last step")
+    min_lr: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_start: int = Field(0, ge=0, description="optimizer step from which the EMA averages (before: a copy)")

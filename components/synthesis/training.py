@@ -15,6 +15,7 @@ import csv
 import datetime as _dt
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,17 @@ def training_loss(net: torch.nn.Module, inferer: Any, image: torch.Tensor, label
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device)
     return per_sample.mean()
+
+
+def learning_rate(train: Any, step: int) -> float:
+    """Linear warm-up to ``lr``, then constant or a cosine decay to ``min_lr`` at the last step."""
+    if train.warmup_steps and step <= train.warmup_steps:
+        return train.lr * step / train.warmup_steps
+    if train.lr_schedule == "constant":
+        return train.lr
+    span = max(1, train.steps - train.warmup_steps)
+    frac = min(1.0, (step - train.warmup_steps) / span)
+    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1.0 + math.cos(math.pi * frac))
 
 
 def ema_decay_at(cfg_decay: float, n_updates: int) -> float:
@@ -392,7 +404,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
     bar = tqdm(range(start + 1, cfg.train.steps + 1), desc=f"train {name}", unit="step", initial=start,
                total=cfg.train.steps, disable=None if progress is None else not progress)
     for step in bar:
-        lr = cfg.train.lr * min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else cfg.train.lr
+        lr = learning_rate(cfg.train, step)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
