@@ -122,3 +122,37 @@ def test_ablation_logs_parent_and_children_to_mlflow(real_syn):
         c = pd.read_csv(cases_csv).fillna("")
         assert not (set(c["case_id"]) | set(c["source_case"])) & test_ids
     assert (ws / "ablations" / "t" / "dice_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"
+    # The REST API of a running `mlflow server` (127.0.0.1) over the same store lists the children.
+    listed = _runs_from_mlflow_server(ws, exp.experiment_id)
+    assert {r["info"]["run_id"] for r in listed} >= {r.info.run_id for r in children}
+
+
+def _runs_from_mlflow_server(ws, experiment_id):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{ws / 'mlflow' / 'mlflow.db'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode()
+        for _ in range(240):
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return json.loads(r.read())["runs"]
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not answer within 2 minutes")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,16 +62,12 @@ def _fold(fold: str) -> int | str:
     return "all" if fold == "all" else int(fold)
 
 
-_PATHS_LOCK = threading.Lock()
-_PATHS_STATE: dict[str, Any] = {"depth": 0, "env": None, "saved": None}
-
-
 @contextlib.contextmanager
 def nnunet_paths(root: str | os.PathLike, augmentation_processes: int | None = None) -> Iterator[dict[str, Path]]:
-    """Point nnU-Net at ``<root>/{raw,preprocessed,results}`` for the duration of the block.
+    """Point nnU-Net at ``<root>/{raw,preprocessed,results}`` for the block, then restore the environment.
 
-    The environment is process-wide, so concurrent blocks (configurations fanned out on threads)
-    must agree on the values; the first block in sets them and the last one out restores them.
+    Used inside the isolated step process (see ``_run_isolated``), so the caller's environment is
+    never touched.
     """
     root = Path(root).resolve()
     paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed", "nnUNet_results": root / "results"}
@@ -81,28 +76,16 @@ def nnunet_paths(root: str | os.PathLike, augmentation_processes: int | None = N
         env["nnUNet_n_proc_DA"] = str(augmentation_processes)
     for p in paths.values():
         p.mkdir(parents=True, exist_ok=True)
-    with _PATHS_LOCK:
-        if _PATHS_STATE["depth"] == 0:
-            _PATHS_STATE["saved"] = {k: os.environ.get(k) for k in (*env, "nnUNet_n_proc_DA")}
-            _PATHS_STATE["env"] = env
-            os.environ.update(env)
-        elif _PATHS_STATE["env"] != env:
-            raise RuntimeError(
-                f"nnU-Net is already running with {_PATHS_STATE['env']} in this process; concurrent runs must share "
-                f"one nnU-Net root and augmentation setting, got {env}"
-            )
-        _PATHS_STATE["depth"] += 1
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield paths
     finally:
-        with _PATHS_LOCK:
-            _PATHS_STATE["depth"] -= 1
-            if _PATHS_STATE["depth"] == 0:
-                for k, v in _PATHS_STATE["saved"].items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -200,9 +183,12 @@ def _predict_here(model_dir: str | os.PathLike, cases: dict[str, list[Path]], ou
 def _run_isolated(step: str, args: dict[str, Any], log_file: Path) -> Any:
     import subprocess
     import sys
+    import tempfile
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "components.segmentation.nnunet", step, json.dumps(args)]
+    fd, result_file = tempfile.mkstemp(prefix=f"nnunet-{step}-", suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, "-m", "components.segmentation.nnunet", step, json.dumps(args), result_file]
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
@@ -210,15 +196,14 @@ def _run_isolated(step: str, args: dict[str, Any], log_file: Path) -> Any:
     with open(log_file, "a", encoding="utf-8") as fh:
         proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=fh, text=True, check=False)
         fh.write(proc.stdout)
-    if proc.returncode != 0:
-        tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise RuntimeError(f"nnU-Net {step} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT)]
-    log.info("nnU-Net %s: %.1f s (log %s)", step, time.perf_counter() - t0, log_file)
-    return json.loads(lines[-1][len(_RESULT):]) if lines else None
-
-
-_RESULT = "GLIOSYNTH_RESULT "
+    try:
+        if proc.returncode != 0:
+            tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise RuntimeError(f"nnU-Net {step} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+        log.info("nnU-Net %s: %.1f s (log %s)", step, time.perf_counter() - t0, log_file)
+        return json.loads(Path(result_file).read_text(encoding="utf-8"))
+    finally:
+        Path(result_file).unlink(missing_ok=True)
 
 
 def plan_and_preprocess(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, verify: bool = True) -> Path:
@@ -245,7 +230,10 @@ def predict(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir:
 
 
 def _main(argv: list[str]) -> None:
-    step, args = argv[0], json.loads(argv[1])
+    """Child-process entry: ``STEP ARGS_JSON RESULT_FILE``; the result is written as JSON."""
+    from components.io import write_json_atomic
+
+    step, args, result_file = argv[0], json.loads(argv[1]), argv[2]
     schedule = NnunetSchedule(**args.pop("schedule"))
     if step == "plan":
         res: Any = str(_plan_and_preprocess_here(args["root"], args["dataset_id"], schedule, args["verify"]))
@@ -256,7 +244,7 @@ def _main(argv: list[str]) -> None:
         res = {k: str(v) for k, v in _predict_here(args["model_dir"], cases, args["out_dir"], schedule).items()}
     else:
         raise SystemExit(f"unknown nnU-Net step {step!r}")
-    print(_RESULT + json.dumps(res), flush=True)
+    write_json_atomic(result_file, res)
 
 
 if __name__ == "__main__":  # nnU-Net's spawn pools re-import the main module: keep this guard
