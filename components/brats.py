@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +24,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from components.io import link_or_copy, nifti_from_bytes, save_like, sha256_bytes, sha256_file, stat_fingerprint
+from components.io import (
+    atomic_dir,
+    link_or_copy,
+    nifti_from_bytes,
+    save_like,
+    sha256_bytes,
+    sha256_file,
+    stat_fingerprint,
+)
 from data_catalog import (
     MODALITIES,
     STATUS_OK,
@@ -392,24 +398,16 @@ def ingest_case(plan: _CasePlan) -> tuple[dict[str, Any], bool]:
                 return prev, True
         except (OSError, ValueError):
             pass
-    plan.cases_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=plan.cases_dir))
     try:
-        try:
+        with atomic_dir(final) as tmp:
             row = _write_case(plan, tmp)
-        except CaseProblem as err:
-            return _quarantine_row(plan, str(err)), False
-        except Exception as err:  # never let one case stop the dataset
-            log.exception("case %s failed unexpectedly", cid)
-            return _quarantine_row(plan, f"case {cid}: unexpected error {type(err).__name__}: {err}"), False
-        (tmp / "row.json").write_text(json.dumps(row, indent=1), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return row, False
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "row.json").write_text(json.dumps(row, indent=1), encoding="utf-8")
+    except CaseProblem as err:
+        return _quarantine_row(plan, str(err)), False
+    except Exception as err:  # never let one case stop the dataset
+        log.exception("case %s failed unexpectedly", cid)
+        return _quarantine_row(plan, f"case {cid}: unexpected error {type(err).__name__}: {err}"), False
+    return row, False
 
 
 # --------------------------------------------------------------------------- whole dataset

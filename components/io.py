@@ -66,6 +66,42 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; if the block succeeds it replaces ``final`` in one rename.
+
+    This is how every case folder is written: a killed run leaves only a hidden ``.tmp-*`` folder
+    (removed on the next run or ignored by readers), never a half-written case under its real name.
+    If the block raises, ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_case_volumes(folder: Path, case_id: str, volumes: dict[str, tuple[np.ndarray, Any]], affine: np.ndarray,
+                       prefix: str = "") -> dict[str, str]:
+    """Save ``<case_id>-<key>.nii.gz`` for each ``key: (array, dtype)`` into ``folder``.
+
+    Returns the manifest entries: ``key`` -> ``prefix + file name`` and ``sha256_<key>`` -> digest.
+    """
+    row: dict[str, str] = {}
+    for key, (arr, dtype) in volumes.items():
+        f = folder / f"{case_id}-{key}.nii.gz"
+        save_nifti(f, arr, affine, dtype=dtype)
+        row[key] = f"{prefix}{f.name}"
+        row[f"sha256_{key}"] = sha256_file(f)
+    return row
+
+
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-from components.io import save_nifti, sha256_file
+from components.io import atomic_dir, write_case_volumes
 from data_catalog import MODALITIES, STATUS_OK, assign_split, dataset_dir, load_label_scheme, register_dataset
 
 log = logging.getLogger(__name__)
@@ -265,10 +265,6 @@ def case_id_for(index: int) -> str:
 
 def make_case(index: int, cfg: PhantomConfig, cases_dir: Path) -> dict[str, Any]:
     """Build and write one phantom case atomically; return its manifest row."""
-    import os
-    import shutil
-    import tempfile
-
     anat = load_anatomy(cfg.spacing)
     case_seed = int(np.random.SeedSequence([cfg.seed, index]).generate_state(1)[0])
     rng = np.random.default_rng(case_seed)
@@ -276,27 +272,10 @@ def make_case(index: int, cfg: PhantomConfig, cases_dir: Path) -> dict[str, Any]
     seg, t_params = sample_tumour(anat, cfg.label_scheme, cfg, rng)
     images, c_params = render_images(anat, seg, cfg.label_scheme, rng)
     images, seg, n_params = corrupt(images, seg, anat.brain, cfg, int(rng.integers(2**31)))
-    cases_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=cases_dir))
-    row: dict[str, Any] = {"case_id": cid}
-    try:
-        for i, m in enumerate(MODALITIES):
-            vol = np.clip(images[i] * WM_INTENSITY, 0, 32767)
-            f = tmp / f"{cid}-{m}.nii.gz"
-            save_nifti(f, np.rint(vol), anat.affine, dtype=np.int16)
-            row[m] = f"cases/{cid}/{f.name}"
-            row[f"sha256_{m}"] = sha256_file(f)
-        f = tmp / f"{cid}-seg.nii.gz"
-        save_nifti(f, seg, anat.affine, dtype=np.uint8)
-        row["seg"] = f"cases/{cid}/{f.name}"
-        row["sha256_seg"] = sha256_file(f)
-        final = cases_dir / cid
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    volumes = {m: (np.rint(np.clip(images[i] * WM_INTENSITY, 0, 32767)), np.int16) for i, m in enumerate(MODALITIES)}
+    volumes["seg"] = (seg, np.uint8)
+    with atomic_dir(cases_dir / cid) as tmp:
+        row: dict[str, Any] = {"case_id": cid, **write_case_volumes(tmp, cid, volumes, anat.affine, f"cases/{cid}/")}
     row.update(
         status=STATUS_OK, reason="", split=assign_split(cid, cfg.test_fraction, cfg.split_salt), has_seg=True,
         shape=[int(s) for s in seg.shape], spacing=[cfg.spacing] * 3,

@@ -10,7 +10,7 @@ from components.synthesis.config import SynthesisError
 from components.synthesis.data import n_condition_channels
 from components.synthesis.network import build_network, build_scheduler
 from components.synthesis.store import model_paths, read_json
-from components.synthesis.training import read_log, train_synthesizer, training_loss
+from components.synthesis.training import read_log, timestep_weights, train_synthesizer, training_loss
 from data_catalog import load_label_scheme, open_dataset
 from tests import builders as b
 
@@ -34,30 +34,47 @@ def test_loss_falls_on_a_fixed_batch():
     cfg = b.tiny_synth_config()
     scheme = load_label_scheme("brats2023")
     n_cond = n_condition_channels(scheme)
-    net = build_network(cfg.network, n_cond, seed=0)
-    inferer = DiffusionInferer(build_scheduler(cfg.diffusion))
+    net = build_network(cfg.network, n_cond, seed=0, diffusion=cfg.diffusion)
+    scheduler = build_scheduler(cfg.diffusion)
+    inferer = DiffusionInferer(scheduler)
     g = torch.Generator().manual_seed(0)
-    image = torch.rand((2, 4, 16, 16, 16), generator=g) * 2 - 1
+    # a fixed batch whose four modalities are a function of the mask (what the synthesizer must learn)
     labels = torch.randint(0, n_cond, (2, 16, 16, 16), generator=g)
+    contrast = torch.rand((n_cond, 4), generator=g) * 2 - 1
+    image = contrast[labels].permute(0, 4, 1, 2, 3).contiguous()
     noise = torch.randn(image.shape, generator=g)
     t = torch.tensor([10, 60])
+    w = timestep_weights(scheduler.alphas_cumprod, t, cfg.diffusion)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(50):
         opt.zero_grad()
-        loss = training_loss(net, inferer, image, labels, noise, t, n_cond, "mse")
+        loss = training_loss(net, inferer, image, labels, noise, t, n_cond, "mse", weights=w)
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws):
+def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws, monkeypatch):
+    import components.synthesis.training as training
+
     cfg = b.tiny_synth_config(steps=6, checkpoint_every=2, montage_cases=0)
     train_synthesizer(ws, "tiny", "straight", cfg, track=False, progress=False)
-    train_synthesizer(ws, "tiny", "interrupted", cfg, steps=3, track=False, progress=False)
+
+    real_save = training.save_checkpoint
+
+    def save_then_die(paths, step, *args, **kwargs):  # the process is killed right after step 4's checkpoint
+        real_save(paths, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_synthesizer(ws, "tiny", "interrupted", cfg, track=False, progress=False)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     r = train_synthesizer(ws, "tiny", "interrupted", cfg, resume=True, track=False, progress=False)
-    assert r.start_step == 3 and r.steps == 6
+    assert r.start_step == 4 and r.steps == 6
     a = read_log(model_paths(ws, "straight").log)
     c = read_log(model_paths(ws, "interrupted").log)
     assert [x["step"] for x in c] == [1, 2, 3, 4, 5, 6]
@@ -67,6 +84,32 @@ def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws):
     assert wa["step"] == wc["step"] == 6
     for k in wa["ema"]:
         assert torch.equal(wa["ema"][k], wc["ema"][k]), k
+
+
+def test_resume_to_more_steps_continues_from_the_last_checkpoint(ws):
+    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
+    train_synthesizer(ws, "tiny", "longer", cfg, track=False, progress=False)
+    r = train_synthesizer(ws, "tiny", "longer", cfg, steps=4, resume=True, track=False, progress=False)
+    assert (r.start_step, r.steps) == (2, 4)
+    assert [x["step"] for x in read_log(model_paths(ws, "longer").log)] == [1, 2, 3, 4]
+
+
+def test_edm_preconditioned_network_starts_as_the_linear_denoiser():
+    from components.synthesis.network import EDMPreconditioned, edm_coefficients
+
+    cfg = b.tiny_synth_config()
+    net = build_network(cfg.network, 5, seed=0, diffusion=cfg.diffusion)
+    assert isinstance(net, EDMPreconditioned)
+    a = build_scheduler(cfg.diffusion).alphas_cumprod
+    c_in, c_skip, c_out = edm_coefficients(a.double(), cfg.diffusion.sigma_data)
+    # eps = (linear estimate from x_t) + (what it leaves): the two variances add up to one
+    torch.testing.assert_close(c_skip**2 * (a.double() * cfg.diffusion.sigma_data**2 + 1 - a.double()) + c_out**2,
+                               torch.ones_like(c_out))
+    x = torch.randn(2, 9, 16, 16, 16)
+    t = torch.tensor([5, 80])
+    with torch.no_grad():
+        out = net(x, timesteps=t)  # the U-Net's output convolution starts at zero
+    torch.testing.assert_close(out, c_skip[t].float().view(-1, 1, 1, 1, 1) * x[:, :4])
 
 
 def test_checkpoint_holds_model_ema_optimizer_step_and_rng_states(ws):
@@ -100,3 +143,16 @@ def test_a_second_training_without_resume_is_refused(ws):
         other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
         train_synthesizer(ws, "tiny", "twice", other, steps=2, resume=True, track=False, progress=False)
     assert np.isfinite(read_log(model_paths(ws, "twice").log)[-1]["loss"])
+
+
+def test_lognormal_timesteps_stay_in_range_and_follow_the_generator():
+    from components.synthesis.training import draw_timesteps
+
+    cfg = b.tiny_synth_config()
+    a = build_scheduler(cfg.diffusion).alphas_cumprod
+    t1 = draw_timesteps(500, a, cfg.diffusion, torch.Generator().manual_seed(3))
+    t2 = draw_timesteps(500, a, cfg.diffusion, torch.Generator().manual_seed(3))
+    assert torch.equal(t1, t2) and t1.dtype == torch.long
+    assert 0 <= int(t1.min()) and int(t1.max()) < cfg.diffusion.num_train_timesteps
+    # EDM's median noise level exp(-1.2) ~ 0.3 sits in the lower half of a cosine schedule
+    assert float(t1.float().median()) < cfg.diffusion.num_train_timesteps / 2

@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -34,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from components.io import atomic_path, link_or_copy, save_nifti, sha256_file
+from components.io import atomic_dir, atomic_path, link_or_copy, sha256_file, write_case_volumes
 from components.masks.augment import MaskCase, apply_mask_params, lr_axis_from_affine, sample_mask_params
 from components.masks.checks import CHECK_REASONS, MaskReference, check_mask, mask_reference
 from components.masks.config import MaskAugmentConfig
@@ -116,27 +114,13 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float
 def _write_case(folder: Path, cid: str, arrays: dict[str, np.ndarray], affine: np.ndarray,
                 links: dict[str, Path] | None = None) -> dict[str, str]:
     """Write ``<cid>-<key>.nii.gz`` files into ``folder/<cid>`` atomically (temp folder + rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=folder))
-    out: dict[str, str] = {}
-    try:
-        for key, arr in arrays.items():
-            f = tmp / f"{cid}-{key}.nii.gz"
-            save_nifti(f, arr, affine, dtype=np.uint8)
-            out[key] = f.name
-            out[f"sha256_{key}"] = sha256_file(f)
+    with atomic_dir(folder / cid) as tmp:
+        out = write_case_volumes(tmp, cid, {k: (a, np.uint8) for k, a in arrays.items()}, affine)
         for key, src in (links or {}).items():
             f = tmp / f"{cid}-{key}.nii.gz"
             link_or_copy(src, f)
             out[key] = f.name
             out[f"sha256_{key}"] = sha256_file(f)
-        final = folder / cid
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -95,6 +95,12 @@ class DiffusionConfig(_Frozen):
         "written for epsilon (the model still predicts epsilon; schedulers and samplers are unchanged). It makes "
         "short CPU runs learn the image structure; none: the plain network (Med-DDPM)")
     sigma_data: float = Field(0.5, gt=0.0, description="RMS of the normalised data (edm preconditioning)")
+    timestep_sampling: Literal["uniform", "lognormal"] = Field(
+        "uniform", description="training timesteps: uniform over 0..T-1 (DDPM), or lognormal: the timestep whose "
+        "noise level sigma = sqrt((1 - a) / a) is nearest to exp(N(p_mean, p_std^2)), EDM's training distribution, "
+        "which spends the steps on the noise levels that shape the image")
+    p_mean: float = -1.2
+    p_std: float = Field(1.2, gt=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> DiffusionConfig:

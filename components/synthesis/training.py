@@ -96,6 +96,20 @@ def loss_function(kind: str):
     return F.l1_loss if kind == "l1" else F.mse_loss
 
 
+def draw_timesteps(n: int, alphas_cumprod: torch.Tensor, diffusion: Any, generator: torch.Generator) -> torch.Tensor:
+    """Training timesteps (n,) long: uniform, or EDM's lognormal over sigma (Karras et al. 2022, sec. 5)
+    mapped to the nearest discrete timestep of the schedule."""
+    T = alphas_cumprod.shape[0]
+    if diffusion.timestep_sampling == "uniform":
+        return torch.randint(0, T, (n,), generator=generator)
+    a = alphas_cumprod.double()
+    log_sigma = 0.5 * torch.log((1.0 - a) / a)  # increasing in t
+    draw = diffusion.p_mean + diffusion.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
+    idx = torch.searchsorted(log_sigma, draw).clamp(1, T - 1)
+    nearer_low = (draw - log_sigma[idx - 1]) < (log_sigma[idx] - draw)
+    return torch.where(nearer_low, idx - 1, idx).long()
+
+
 def timestep_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, diffusion: Any) -> torch.Tensor:
     """Per-sample weights on the epsilon loss (B,). SNR_t = a_t / (1 - a_t).
 
@@ -396,7 +410,6 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
     n_params = count_parameters(net)
     tracker.log_params({"config": cfg.model_dump(mode="json"), "dataset": ds.name, "n_params": n_params,
                         "n_train_cases": len(ts), "device": str(device), "start_step": start})
-    T = cfg.diffusion.num_train_timesteps
     B, accum = cfg.train.batch_size, cfg.train.grad_accum
     net.train()
     every = max(1, cfg.train.steps // 20)
@@ -412,7 +425,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
         for _ in range(accum):
             img, lab = draw_batch(ts, B, cfg.data, gens["data"])
             noise = torch.randn(img.shape, generator=gens["noise"])
-            t = torch.randint(0, T, (B,), generator=gens["noise"])
+            t = draw_timesteps(B, inferer_scheduler.alphas_cumprod, cfg.diffusion, gens["noise"])
             w = timestep_weights(inferer_scheduler.alphas_cumprod, t, cfg.diffusion)
             loss = training_loss(net, inferer, img.to(device), lab.to(device), noise.to(device), t.to(device), n_cond,
                                  cfg.diffusion.loss, use_amp, weights=w) / accum
@@ -433,8 +446,10 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
                      float(np.mean(recent)), len(recent), (time.perf_counter() - t0) / (step - start))
         tracker.log_metrics({"loss": step_loss, "lr": lr}, step=step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            save_checkpoint(paths, step, net, ema, opt, gens, ema_updates, config_sha, cfg.train.keep_checkpoints)
+            # The log first: a run killed between the two resumes from the previous checkpoint and
+            # trims the log to it (read_log(upto=start)), so no logged step is ever lost.
             write_log(paths.log, rows)
+            save_checkpoint(paths, step, net, ema, opt, gens, ema_updates, config_sha, cfg.train.keep_checkpoints)
     bar.close()
     if hasattr(tracker, "flush"):
         tracker.flush()

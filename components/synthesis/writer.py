@@ -13,9 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -28,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from components.io import save_nifti, sha256_file
+from components.io import atomic_dir, sha256_file, write_case_volumes
 from components.synthesis.config import SynthesisError, SynthesizeConfig
 from components.synthesis.data import (
     FittedCase,
@@ -139,17 +136,10 @@ def _write_case(it: _Item, fc: FittedCase, x: np.ndarray, tm: TrainedModel, case
         images = np.clip(np.rint(images), 0, np.iinfo(np.int16).max)
     out_dtype = np.int16 if integer else np.float32
     cid = it.case_id
-    cases_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=cases_dir))
-    row: dict[str, Any] = {"case_id": cid}
-    try:
-        arrays = {**{m: (images[c], out_dtype) for c, m in enumerate(MODALITIES)},
-                  "seg": (fc.grid_seg, np.uint8), "head": (fc.grid_head.astype(np.uint8), np.uint8)}
-        for key, (arr, dt) in arrays.items():
-            f = tmp / f"{cid}-{key}.nii.gz"
-            save_nifti(f, arr, fc.grid_affine, dtype=dt)
-            row[key] = f"cases/{cid}/{f.name}"
-            row[f"sha256_{key}"] = sha256_file(f)
+    volumes = {**{m: (images[c], out_dtype) for c, m in enumerate(MODALITIES)},
+               "seg": (fc.grid_seg, np.uint8), "head": (fc.grid_head.astype(np.uint8), np.uint8)}
+    with atomic_dir(cases_dir / cid) as tmp:
+        row: dict[str, Any] = {"case_id": cid, **write_case_volumes(tmp, cid, volumes, fc.grid_affine, f"cases/{cid}/")}
         row.update(
             status=STATUS_OK, reason="", split=str(it.row.get("split", "")), has_seg=True,
             shape=[int(s) for s in fc.grid_seg.shape], spacing=[round(s, 6) for s in spacing_of(fc.grid_affine)],
@@ -158,13 +148,6 @@ def _write_case(it: _Item, fc: FittedCase, x: np.ndarray, tm: TrainedModel, case
             seed=it.seed, params=params, model_digest=tm.digest, quality_score=float(score), fingerprint=it.fingerprint,
         )
         (tmp / "row.json").write_text(json.dumps(row, indent=1), encoding="utf-8")
-        final = cases_dir / cid
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return row
 
 
