@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/ingest.py
 	$(PY) bench/masks.py
 	$(PY) bench/sampling.py
+	$(PY) bench/synthesis_metrics.py
 
 clean-workspace:
 	rm -rf $(WS)

@@ -87,6 +87,23 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_temp(folder: str | os.PathLike, recursive: bool = True) -> int:
+    """Delete what a killed writer left: hidden temp files of :func:`atomic_path` and ``.tmp-*``
+    folders of :func:`atomic_dir` (never a finished file, which is renamed to a visible name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in sorted(folder.rglob(".*") if recursive else folder.glob(".*"), reverse=True):
+        if p.is_dir() and p.name.startswith(".tmp-"):
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+        elif p.is_file() and p.name.count(".") >= 2:
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def write_case_volumes(folder: Path, case_id: str, volumes: dict[str, tuple[np.ndarray, Any]], affine: np.ndarray,
                        prefix: str = "") -> dict[str, str]:
     """Save ``<case_id>-<key>.nii.gz`` for each ``key: (array, dtype)`` into ``folder``.

@@ -122,7 +122,7 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                                                   config=cfg.masks.config))
     model = train_synthesizer_flow(TrainSynthesizerParams(workspace=ws, dataset=d.name, name=cfg.synthesizer.name,
                                                           profile=cfg.synthesizer.profile,
-                                                          steps=cfg.synthesizer.steps))
+                                                          steps=cfg.synthesizer.steps, resume="auto"))
     synthetic = synthesize_flow(SynthesizeParams(workspace=ws, model=cfg.synthesizer.name, masks=cfg.masks.name,
                                                  name=cfg.synthesis.name, config=cfg.synthesis.config))
     scores = evaluate_synthesis_flow(SynthesisEvalParams(real=d.name, synthetic=cfg.synthesis.name, workspace=ws,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +23,7 @@ class TrainSynthesizerParams(BaseModel):
     profile: str = Field("cpu-demo", description="profile name in configs/synthesizer/ or a YAML path")
     config: SynthesizerConfig | None = Field(None, description="explicit config; overrides the profile")
     steps: int | None = Field(None, ge=1, description="total optimizer steps (overrides the profile)")
-    resume: bool = False
+    resume: bool | Literal["auto"] = Field(False, description="continue from the last checkpoint; auto (the pipeline): continue a model of the same config and cases, move any other aside and start anew")
     track: bool = True
 
 

@@ -17,14 +17,14 @@ from components.ablation import (
 )
 from components.export import export_brats, export_dataset_nnunet
 from data_catalog import open_dataset
-from tasks.common import CACHE
+from tasks.common import CACHE, IO_RETRIES
 
 
 class ConfigurationFailed(RuntimeError):
     """Raised so Prefect marks (and never caches) a failed configuration."""
 
 
-@task(name="export", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+@task(name="export", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def export_task(workspace: str, dataset: str, manifest_sha256: str, fmt: str, out: str) -> str:
     ds = open_dataset(workspace, dataset)
     if fmt == "brats":
@@ -65,7 +65,7 @@ def configuration_task(workspace: str, ablation: str, plan: dict, real: str, rea
     return asdict(res)
 
 
-@task(name="ablation-summary", cache_policy=CACHE, persist_result=True)
+@task(name="ablation-summary", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def summary_task(workspace: str, ablation: str, config: AblationConfig, parent_run_id: str,
                  results: list[dict]) -> dict:
     import mlflow

@@ -1,4 +1,5 @@
-"""Shared task plumbing: the cache policy and a guard that re-runs a task whose output is gone."""
+"""Shared task plumbing: the cache policy, retries on I/O errors, and a guard that re-runs a task
+whose output is gone."""
 
 from __future__ import annotations
 
@@ -20,3 +21,20 @@ def run_cached(task: Any, outputs: list[Path], **kwargs: Any) -> Any:
     """
     missing = not all(Path(p).exists() for p in outputs)
     return task.with_options(refresh_cache=missing)(**kwargs)
+
+
+def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only a failure from the file system or network (OSError: a busy NFS mount, a disk that
+    was full for a moment); bad input or a bug fails at once. Every stage that writes resumes from
+    its finished cases, so a retry redoes only what was lost."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:  # not an I/O error: do not retry
+        return False
+    return False
+
+
+# Task options for stages that read and write files.
+IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io_error}

@@ -9,10 +9,10 @@ from prefect import task
 
 from components.masks import SOURCE_FEATURES, MaskAugmentConfig, augment_masks, mask_figures
 from data_catalog import open_dataset
-from tasks.common import CACHE
+from tasks.common import CACHE, IO_RETRIES
 
 
-@task(name="augment-masks", cache_policy=CACHE, persist_result=True)
+@task(name="augment-masks", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def augment_masks_task(workspace: str, source: str, source_manifest_sha256: str, name: str,
                        config: MaskAugmentConfig) -> dict:
     # source_manifest_sha256 is part of the cache key: a changed source dataset re-runs the stage.
@@ -23,7 +23,7 @@ def augment_masks_task(workspace: str, source: str, source_manifest_sha256: str,
     return d
 
 
-@task(name="mask-figures", cache_policy=CACHE, persist_result=True)
+@task(name="mask-figures", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def mask_figures_task(workspace: str, name: str, manifest_sha256: str, n_cases: int = 4) -> dict:
     ds = open_dataset(workspace, name)
     real = pd.read_parquet(ds.root / SOURCE_FEATURES)

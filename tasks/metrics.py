@@ -8,10 +8,10 @@ from prefect import task
 
 from components.metrics.segmentation import SegmentationEvalConfig, evaluate_segmentation, write_segmentation_report
 from components.metrics.synthesis import SynthesisEvalConfig, evaluate_synthesis, write_report
-from tasks.common import CACHE
+from tasks.common import CACHE, IO_RETRIES
 
 
-@task(name="evaluate-segmentation", cache_policy=CACHE, persist_result=True)
+@task(name="evaluate-segmentation", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def evaluate_segmentation_task(
     gt: str, gt_digest: str, pred: str, pred_digest: str, workspace: str, out: str, config: SegmentationEvalConfig,
     code_digest: str = "",
@@ -27,7 +27,7 @@ def evaluate_segmentation_task(
     }
 
 
-@task(name="evaluate-synthesis", cache_policy=CACHE, persist_result=True)
+@task(name="evaluate-synthesis", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def evaluate_synthesis_task(
     workspace: str, real: str, real_digest: str, synthetic: str, synthetic_digest: str, out: str,
     config: SynthesisEvalConfig, code_digest: str = "",

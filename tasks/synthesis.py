@@ -7,7 +7,7 @@ import logging
 from prefect import task
 
 from components.synthesis.config import SynthesizeConfig, SynthesizerConfig
-from tasks.common import CACHE
+from tasks.common import CACHE, IO_RETRIES
 
 
 def _show_component_progress() -> None:
@@ -19,7 +19,7 @@ def _show_component_progress() -> None:
 
 @task(name="train-synthesizer", cache_policy=CACHE, persist_result=True)
 def train_synthesizer_task(workspace: str, dataset: str, manifest_sha256: str, name: str, config: SynthesizerConfig,
-                           resume: bool, track: bool = True) -> dict:
+                           resume: bool | str, track: bool = True) -> dict:
     # manifest_sha256 is part of the cache key: new or changed training cases mean a new run
     from components.synthesis.training import train_synthesizer
 
@@ -32,7 +32,7 @@ def train_synthesizer_task(workspace: str, dataset: str, manifest_sha256: str, n
             "line": r.line()}
 
 
-@task(name="synthesize", cache_policy=CACHE, persist_result=True)
+@task(name="synthesize", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def synthesize_task(workspace: str, model: str, model_digest: str, masks: str, masks_manifest_sha256: str, name: str,
                     config: SynthesizeConfig) -> dict:
     # model_digest (the weights) and the masks manifest digest key the cache

@@ -63,3 +63,38 @@ def test_killed_synthesis_resumes_from_the_last_finished_case(tmp_path):
     for name, digests in before.items():
         assert _digest(cases / name) == digests  # finished cases were kept, not redone
     assert not [p for p in cases.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+
+def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
+    from components.synthesis.store import model_paths
+    from components.synthesis.training import read_log
+
+    ws = tmp_path
+    b.write_catalog_dataset(ws, "tiny", n_cases=4)
+    steps = 60
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from components.synthesis.training import train_synthesizer\n"
+        "from tests import builders as b\n"
+        f"train_synthesizer({str(ws)!r}, 'tiny', 'm', b.tiny_synth_config(steps={steps}, checkpoint_every=2, "
+        "montage_cases=0), resume='auto', track=False, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    paths = model_paths(ws, "m")
+    t0 = time.monotonic()
+    try:  # kill it once a few checkpoints are on disk, while it is still training
+        while proc.poll() is None and time.monotonic() - t0 < 300:
+            ck = paths.list_checkpoints() if paths.root.is_dir() else []
+            if ck and ck[-1][0] >= 4:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    last = paths.list_checkpoints()[-1][0]
+    assert 4 <= last < steps, "the run should have been killed in the middle of training"
+    r = train_synthesizer(ws, "tiny", "m", b.tiny_synth_config(steps=steps, checkpoint_every=2, montage_cases=0),
+                          resume="auto", track=False, progress=False)
+    assert (r.start_step, r.steps) == (last, steps)
+    assert [int(x["step"]) for x in read_log(paths.log)] == list(range(1, steps + 1))  # no step lost or repeated
+    assert not [p for p in paths.root.rglob("*") if p.name.startswith(".")]  # no temp file left behind

@@ -156,3 +156,17 @@ def test_lognormal_timesteps_stay_in_range_and_follow_the_generator():
     assert 0 <= int(t1.min()) and int(t1.max()) < cfg.diffusion.num_train_timesteps
     # EDM's median noise level exp(-1.2) ~ 0.3 sits in the lower half of a cosine schedule
     assert float(t1.float().median()) < cfg.diffusion.num_train_timesteps / 2
+
+
+def test_auto_resume_continues_the_same_model_and_moves_another_aside(ws):
+    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
+    train_synthesizer(ws, "tiny", "auto", cfg, resume="auto", track=False, progress=False)
+    # the pipeline started again with more steps: continue from the last checkpoint
+    r = train_synthesizer(ws, "tiny", "auto", cfg, steps=3, resume="auto", track=False, progress=False)
+    assert (r.start_step, r.steps) == (2, 3)
+    # another config under the same name: the old model is kept aside, a new one starts at step 0
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
+    r = train_synthesizer(ws, "tiny", "auto", other, resume="auto", track=False, progress=False)
+    assert (r.start_step, r.steps) == (0, 2)
+    aside = sorted((ws / "models").glob("auto.replaced-*"))
+    assert len(aside) == 1 and [x["step"] for x in read_log(model_paths(ws, aside[0].name).log)] == [1, 2, 3]

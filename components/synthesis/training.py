@@ -16,17 +16,18 @@ import datetime as _dt
 import io
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from components.io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from components.io import atomic_path, remove_stale_temp, sha256_file, write_json_atomic, write_text_atomic
 from components.synthesis.config import SynthesisError, SynthesizerConfig
 from components.synthesis.data import (
     HEAD,
@@ -313,13 +314,36 @@ def _check_resumable(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> 
         log.warning("dataset %s changed since this model started training; resuming on the current cases", ds.name)
 
 
+def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
+    """The pipeline's choice: continue a model of this config and these training cases from its last
+    checkpoint (a killed run loses at most ``checkpoint_every`` steps); a model trained with another
+    config, on other cases or past ``steps`` is moved aside to ``<name>.replaced-<UTC time>`` (never
+    deleted) and a new one starts."""
+    existing = paths.list_checkpoints()
+    if not existing and not paths.config.is_file():
+        return False
+    card = read_json(paths.config) if paths.config.is_file() else {}
+    same = (bool(card.get("config")) and card.get("dataset") == ds.name
+            and card.get("dataset_manifest_sha256") == ds.manifest_digest
+            and SynthesizerConfig.model_validate(card["config"]).digest(ignore_steps=True) == cfg.digest(ignore_steps=True)
+            and (not existing or existing[-1][0] <= cfg.train.steps))
+    if same:
+        return True
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
+    os.replace(paths.root, aside)
+    log.warning("model %s was trained with another config or on other cases: moved to %s, training a new one",
+                paths.root.name, aside)
+    return False
+
+
 def train_synthesizer(
     workspace: str | Path,
     dataset: str,
     name: str,
     config: SynthesizerConfig,
     *,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     steps: int | None = None,
     track: bool = True,
     progress: bool | None = None,
@@ -328,6 +352,8 @@ def train_synthesizer(
     cfg = config.with_steps(steps)
     ds = open_dataset(workspace, dataset)
     paths = model_paths(workspace, name)
+    if resume == "auto":
+        resume = auto_resume(paths, cfg, ds)
     if not track:
         return _train(ds, paths, name, cfg, resume, NullTracker(), progress)
     from components.tracking import start_run
@@ -365,6 +391,8 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
 
     n_cond = n_condition_channels(scheme)
     paths.root.mkdir(parents=True, exist_ok=True)
+    if remove_stale_temp(paths.root):
+        log.info("model %s: removed temporary files of an interrupted run", name)
     card = {
         "name": name, "config": cfg.model_dump(mode="json"), "config_sha256": cfg.digest(), "dataset": ds.name,
         "dataset_manifest_sha256": ds.manifest_digest, "label_scheme": scheme.name, "modalities": list(MODALITIES),
