@@ -398,16 +398,29 @@ def ingest_case(plan: _CasePlan) -> tuple[dict[str, Any], bool]:
                 return prev, True
         except (OSError, ValueError):
             pass
+    # Only the case's own reading and validation quarantine it; a failure to write the workspace
+    # (full disk, permissions) propagates, so the task's I/O retry sees it and nothing is cached.
     try:
         with atomic_dir(final) as tmp:
-            row = _write_case(plan, tmp)
+            try:
+                row = _write_case(plan, tmp)
+            except CaseProblem as err:
+                raise _Quarantined(_quarantine_row(plan, str(err))) from err
+            except Exception as err:  # never let one case stop the dataset
+                log.exception("case %s failed unexpectedly", cid)
+                raise _Quarantined(_quarantine_row(plan, f"case {cid}: unexpected error {type(err).__name__}: {err}")) from err
             (tmp / "row.json").write_text(json.dumps(row, indent=1), encoding="utf-8")
-    except CaseProblem as err:
-        return _quarantine_row(plan, str(err)), False
-    except Exception as err:  # never let one case stop the dataset
-        log.exception("case %s failed unexpectedly", cid)
-        return _quarantine_row(plan, f"case {cid}: unexpected error {type(err).__name__}: {err}"), False
+    except _Quarantined as q:
+        return q.row, False
     return row, False
+
+
+class _Quarantined(Exception):
+    """Carries a quarantine row out of the case's temp folder, which is then discarded."""
+
+    def __init__(self, row: dict[str, Any]):
+        super().__init__(row.get("reason", ""))
+        self.row = row
 
 
 # --------------------------------------------------------------------------- whole dataset

@@ -27,13 +27,7 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only a failure from the file system or network (OSError: a busy NFS mount, a disk that
     was full for a moment); bad input or a bug fails at once. Every stage that writes resumes from
     its finished cases, so a retry redoes only what was lost."""
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:  # not an I/O error: do not retry
-        return False
-    return False
+    return isinstance(state.result(raise_on_failure=False), OSError)
 
 
 # Task options for stages that read and write files.

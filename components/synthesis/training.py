@@ -322,14 +322,21 @@ def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
     existing = paths.list_checkpoints()
     if not existing and not paths.config.is_file():
         return False
-    card = read_json(paths.config) if paths.config.is_file() else {}
-    same = (bool(card.get("config")) and card.get("dataset") == ds.name
-            and card.get("dataset_manifest_sha256") == ds.manifest_digest
-            and SynthesizerConfig.model_validate(card["config"]).digest(ignore_steps=True) == cfg.digest(ignore_steps=True)
-            and (not existing or existing[-1][0] <= cfg.train.steps))
+    want = cfg.digest(ignore_steps=True)
+    try:
+        card = read_json(paths.config) if paths.config.is_file() else {}
+        same = (bool(card.get("config")) and card.get("dataset") == ds.name
+                and card.get("dataset_manifest_sha256") == ds.manifest_digest
+                and SynthesizerConfig.model_validate(card["config"]).digest(ignore_steps=True) == want
+                and (not existing or existing[-1][0] <= cfg.train.steps))
+        if same and existing:  # the checkpoint itself must carry this config (code changes can move digests)
+            same = torch.load(existing[-1][1], map_location="cpu", weights_only=True).get("config_sha256") == want
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # unreadable or outdated: not ours
+        log.info("model %s: cannot compare its config (%s: %s)", paths.root.name, type(err).__name__, err)
+        same = False
     if same:
         return True
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
     os.replace(paths.root, aside)
     log.warning("model %s was trained with another config or on other cases: moved to %s, training a new one",
