@@ -269,22 +269,39 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
 
 
 def synthesis_montage(ds: Dataset, masks: Dataset, n_cases: int = 4, out: Path | None = None) -> Path | None:
-    """Synthetic cases beside the real case of the same mask (when the masks dataset has images)."""
+    """Each synthetic case beside a real one: the real case of the same mask when the masks dataset
+    has images, else the real case the augmented mask was derived from (labelled so)."""
     from components.io import load_nifti
     from components.viz import render_montage
 
     rows = ds.ok_cases().head(n_cases)
     if rows.empty:
         return None
-    cases = []
+    source = None
+    try:  # augmented masks carry no images: show the real case they came from
+        source = open_dataset(ds.root.parent.parent, str(masks.info.get("source", "")))
+    except CatalogError:  # no source dataset in the catalog: synthetic rows only
+        source = None
+
+    def real_row(d: Dataset, cid: str, label: str) -> dict[str, Any] | None:
+        m = d.manifest.loc[d.manifest["case_id"] == cid]
+        if m.empty or not all(isinstance(m.iloc[0].get(k), str) and m.iloc[0].get(k) for k in MODALITIES):
+            return None
+        seg, aff, _ = load_nifti(d.path(cid, "seg"))
+        return {"case_id": f"{cid}\n{label}", "images": {k: load_nifti(d.path(cid, k))[0].astype(np.float32)
+                                                          for k in MODALITIES}, "seg": np.asarray(seg), "affine": aff}
+
+    cases, kinds = [], set()
     for _, r in rows.iterrows():
-        mrow = masks.manifest.loc[masks.manifest["case_id"] == r["mask_case"]]
-        if not mrow.empty and all(isinstance(mrow.iloc[0].get(m), str) and mrow.iloc[0].get(m) for m in MODALITIES):
-            imgs = {m: load_nifti(masks.path(r["mask_case"], m))[0].astype(np.float32) for m in MODALITIES}
-            seg, aff, _ = load_nifti(masks.path(r["mask_case"], "seg"))
-            cases.append({"case_id": f"{r['mask_case']}\nreal", "images": imgs, "seg": np.asarray(seg), "affine": aff})
+        real = real_row(masks, str(r["mask_case"]), "real, same mask")
+        if real is None and source is not None and r.get("source_case"):
+            real = real_row(source, str(r["source_case"]), "real source of the mask")
+        if real is not None:
+            cases.append(real)
+            kinds.add(real["case_id"].split("\n")[1])
         imgs = {m: load_nifti(ds.path(r["case_id"], m))[0].astype(np.float32) for m in MODALITIES}
         seg, aff, _ = load_nifti(ds.path(r["case_id"], "seg"))
         cases.append({"case_id": f"{r['case_id']}\nsynthetic", "images": imgs, "seg": np.asarray(seg), "affine": aff})
+    beside = f" beside {' / '.join(sorted(kinds))}" if kinds else " (no real images for these masks)"
     return render_montage(cases, out or ds.root / "montage.png",
-                          f"{ds.name} [synthetic, model {ds.info.get('model')}] vs real, same masks")
+                          f"{ds.name} [synthetic, model {ds.info.get('model')}]{beside}")
