@@ -41,8 +41,9 @@ from components.synthesis.sampling import make_generator, sample_images  # noqa:
 from components.synthesis.store import load_trained_model  # noqa: E402
 from data_catalog import MODALITIES  # noqa: E402
 
-SAMPLERS = {"ddim (default, eta 0)": ("ddim", None, 0.0), "ddim eta 1 (demo)": ("ddim", None, 1.0),
-            "ddpm 1000 (reference)": ("ddpm", None, 0.0)}
+# label -> (sampler, eta); DDIM takes the profile's steps (or --ddim-steps), DDPM all T steps
+SAMPLERS = {"ddim (default, eta 0)": ("ddim", 0.0), "ddim eta 1 (demo)": ("ddim", 1.0),
+            "ddpm 1000 (reference)": ("ddpm", 0.0)}
 
 
 def voxel_noise(x: np.ndarray, head: np.ndarray) -> float:
@@ -87,8 +88,8 @@ def main() -> int:
                   for c, m in enumerate(MODALITIES)}
     kernel, sigma, weights = msssim_params(cases[0][1].shape[1:])
     results = {}
-    for label, (sampler, steps, eta) in SAMPLERS.items():
-        n_steps = steps or (ddim_steps if sampler == "ddim" else tm.config.diffusion.num_train_timesteps)
+    for label, (sampler, eta) in SAMPLERS.items():
+        n_steps = ddim_steps if sampler == "ddim" else tm.config.diffusion.num_train_timesteps
         synth, t0 = {}, time.perf_counter()
         for k, (cid, _, lab) in enumerate(cases):
             g = make_generator(a.seed + k, tm.device)

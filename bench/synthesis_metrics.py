@@ -46,7 +46,7 @@ def main() -> int:
         rc = cli(argv)
         seconds = time.perf_counter() - t0
         report = json.loads((ws / "metrics" / "synthesis_b_vs_a.json").read_text(encoding="utf-8"))
-    timings = report.get("timings_s", report.get("timings", {}))
+    timings = report["timings"]
     print(f"evaluate-synthesis {a.cases} vs {a.cases} phantom cases at {a.spacing:g} mm: {seconds:.1f} s "
           f"(budget {BUDGET_S:.0f} s); stage timings {timings}")
     print(json.dumps({"bench": "synthesis_metrics", "cases": a.cases, "spacing_mm": a.spacing, "exit_code": rc,

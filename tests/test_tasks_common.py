@@ -8,7 +8,12 @@ from prefect import flow, task
 from tasks.common import IO_RETRIES
 
 
-def _counting_task(error: type[Exception], fail_times: int):
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("error, fail_times, expected_calls", [
+    (OSError, 2, 3),     # a transient I/O error: retried until the third attempt succeeds
+    (ValueError, 1, 1),  # bad input: fails at once, never retried
+])
+def test_only_io_errors_are_retried(error, fail_times, expected_calls):
     calls = []
 
     @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
@@ -18,28 +23,13 @@ def _counting_task(error: type[Exception], fail_times: int):
             raise error(f"attempt {len(calls)} failed")
         return len(calls)
 
-    return write_something, calls
-
-
-@pytest.mark.usefixtures("prefect_harness")
-def test_an_os_error_is_retried_until_it_succeeds():
-    t, calls = _counting_task(OSError, fail_times=2)
-
     @flow
     def f() -> int:
-        return t()
+        return write_something()
 
-    assert f() == 3 and len(calls) == 3
-
-
-@pytest.mark.usefixtures("prefect_harness")
-def test_a_bad_input_error_is_not_retried():
-    t, calls = _counting_task(ValueError, fail_times=1)
-
-    @flow
-    def f() -> int:
-        return t()
-
-    with pytest.raises(ValueError, match="attempt 1 failed"):
-        f()
-    assert len(calls) == 1
+    if error is OSError:
+        assert f() == expected_calls
+    else:
+        with pytest.raises(error, match="attempt 1 failed"):
+            f()
+    assert len(calls) == expected_calls
