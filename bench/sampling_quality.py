@@ -2,6 +2,7 @@
 same masks and seeds, in one run: the "FID-style comparison of both" of the synthesizer issue.
 
     .venv/bin/python bench/sampling_quality.py --workspace workspace --model synthesizer-demo [--cases 2]
+        [--samplers ddim0 ddim1 ddpm] [--ddim-steps N]
 
 For ``--cases`` training cases of the model (their prepared image and conditioning mask), each
 sampler writes one volume per mask; every sampler's volumes are then scored against the real
@@ -41,9 +42,9 @@ from components.synthesis.sampling import make_generator, sample_images  # noqa:
 from components.synthesis.store import load_trained_model  # noqa: E402
 from data_catalog import MODALITIES  # noqa: E402
 
-# label -> (sampler, eta); DDIM takes the profile's steps (or --ddim-steps), DDPM all T steps
-SAMPLERS = {"ddim (default, eta 0)": ("ddim", 0.0), "ddim eta 1 (demo)": ("ddim", 1.0),
-            "ddpm 1000 (reference)": ("ddpm", 0.0)}
+# --samplers key -> (label, sampler, eta); DDIM takes the profile's steps (or --ddim-steps), DDPM all T steps
+SAMPLERS = {"ddim0": ("ddim (default, eta 0)", "ddim", 0.0), "ddim1": ("ddim eta 1 (demo)", "ddim", 1.0),
+            "ddpm": ("ddpm 1000 (reference)", "ddpm", 0.0)}
 
 
 def voxel_noise(x: np.ndarray, head: np.ndarray) -> float:
@@ -59,24 +60,40 @@ def slices(vol01: np.ndarray, brain: np.ndarray, spacing: tuple[float, ...]) -> 
     return np.concatenate(out)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_cases_parser(doc: str) -> argparse.ArgumentParser:
+    """Options shared by the model benches: a trained model and how many of its prepared training cases."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", default="workspace")
     ap.add_argument("--model", default="synthesizer-demo")
     ap.add_argument("--cases", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def prepared_cases(tm, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The first ``n`` prepared training cases of a trained model: (case id, image (4, X, Y, Z) in
+    [-1, 1], conditioning labels (X, Y, Z))."""
+    files = sorted((tm.paths.root / "prepared").glob("*.npz"))[:n]
+    if not files:
+        raise SystemExit(f"model {tm.name!r} has no prepared training cases under {tm.paths.root / 'prepared'}")
+    cases = []
+    for f in files:
+        with np.load(f) as z:
+            cases.append((f.stem, z["image"].astype(np.float32), z["labels"].astype(np.int64)))
+    return cases
+
+
+def main() -> int:
+    ap = model_cases_parser(__doc__)
     ap.add_argument("--ddim-steps", type=int, default=None, help="default: the model's profile")
+    ap.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS),
+                    help="which samplers to run (ddim0: DDIM eta 0, ddim1: DDIM eta 1, ddpm: the 1000-step "
+                    "reference); default all")
     a = ap.parse_args()
 
     tm = load_trained_model(a.workspace, a.model)
     ddim_steps = a.ddim_steps or tm.config.sample.steps
-    prepared = sorted((tm.paths.root / "prepared").glob("*.npz"))[: a.cases]
-    if not prepared:
-        raise SystemExit(f"model {a.model!r} has no prepared training cases under {tm.paths.root / 'prepared'}")
-    cases = []
-    for f in prepared:
-        with np.load(f) as z:
-            cases.append((f.stem, z["image"].astype(np.float32), z["labels"].astype(np.int64)))
+    cases = prepared_cases(tm, a.cases)
     spacing = tuple(float(s) for s in tm.config.data.spacing)
     print(f"model {a.model} (step {tm.step}, {tm.config.profile}), {len(cases)} masks, shape {cases[0][1].shape[1:]}, "
           f"DDIM {ddim_steps} steps vs DDPM {tm.config.diffusion.num_train_timesteps} steps")
@@ -88,7 +105,7 @@ def main() -> int:
                   for c, m in enumerate(MODALITIES)}
     kernel, sigma, weights = msssim_params(cases[0][1].shape[1:])
     results = {}
-    for label, (sampler, eta) in SAMPLERS.items():
+    for label, sampler, eta in (SAMPLERS[k] for k in a.samplers):
         n_steps = ddim_steps if sampler == "ddim" else tm.config.diffusion.num_train_timesteps
         synth, t0 = {}, time.perf_counter()
         for k, (cid, _, lab) in enumerate(cases):

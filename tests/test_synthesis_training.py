@@ -87,11 +87,23 @@ def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws, monkeyp
 
 
 def test_resume_to_more_steps_continues_from_the_last_checkpoint(ws):
-    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
+    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0, lr_schedule="constant")
     train_synthesizer(ws, "tiny", "longer", cfg, track=False, progress=False)
     r = train_synthesizer(ws, "tiny", "longer", cfg, steps=4, resume=True, track=False, progress=False)
     assert (r.start_step, r.steps) == (2, 4)
     assert [x["step"] for x in read_log(model_paths(ws, "longer").log)] == [1, 2, 3, 4]
+    # the same as four uninterrupted steps: a constant schedule does not depend on the total
+    train_synthesizer(ws, "tiny", "four", cfg, steps=4, track=False, progress=False)
+    assert [x["loss"] for x in read_log(model_paths(ws, "four").log)] == \
+        [x["loss"] for x in read_log(model_paths(ws, "longer").log)]
+
+
+def test_resume_to_another_total_under_a_cosine_schedule_is_refused(ws):
+    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
+    assert cfg.train.lr_schedule == "cosine"
+    train_synthesizer(ws, "tiny", "cosine", cfg, track=False, progress=False)
+    with pytest.raises(SynthesisError, match="cosine learning-rate schedule"):
+        train_synthesizer(ws, "tiny", "cosine", cfg, steps=4, resume=True, track=False, progress=False)
 
 
 def test_edm_preconditioned_network_starts_as_the_linear_denoiser():
@@ -159,7 +171,7 @@ def test_lognormal_timesteps_stay_in_range_and_follow_the_generator():
 
 
 def test_auto_resume_continues_the_same_model_and_moves_another_aside(ws):
-    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
+    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0, lr_schedule="constant")
     train_synthesizer(ws, "tiny", "auto", cfg, resume="auto", track=False, progress=False)
     # the pipeline started again with more steps: continue from the last checkpoint
     r = train_synthesizer(ws, "tiny", "auto", cfg, steps=3, resume="auto", track=False, progress=False)
@@ -170,3 +182,9 @@ def test_auto_resume_continues_the_same_model_and_moves_another_aside(ws):
     assert (r.start_step, r.steps) == (0, 2)
     aside = sorted((ws / "models").glob("auto.replaced-*"))
     assert len(aside) == 1 and [x["step"] for x in read_log(model_paths(ws, aside[0].name).log)] == [1, 2, 3]
+    # a cosine schedule started for 2 steps, now asked for 3: a new run, since the decay is shaped by the total
+    cos = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
+    train_synthesizer(ws, "tiny", "auto-cos", cos, resume="auto", track=False, progress=False)
+    r = train_synthesizer(ws, "tiny", "auto-cos", cos, steps=3, resume="auto", track=False, progress=False)
+    assert (r.start_step, r.steps) == (0, 3)
+    assert len(sorted((ws / "models").glob("auto-cos.replaced-*"))) == 1

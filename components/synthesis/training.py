@@ -295,6 +295,13 @@ def training_montage(net: torch.nn.Module, ts: TrainingSet, cfg: SynthesizerConf
 
 
 # --------------------------------------------------------------------------- the loop
+def extends_exactly(old: SynthesizerConfig, new: SynthesizerConfig) -> bool:
+    """Whether continuing a run started for ``old.train.steps`` up to ``new.train.steps`` trains exactly
+    as an uninterrupted ``new`` run: the same total, or a learning-rate schedule that does not depend
+    on the total (a cosine decay does: its curve is stretched by a new total)."""
+    return old.train.steps == new.train.steps or new.train.lr_schedule == "constant"
+
+
 def _check_resumable(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> None:
     if not paths.config.is_file():
         return
@@ -307,6 +314,11 @@ def _check_resumable(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> 
         diffs += [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if not isinstance(a[k], dict) and a[k] != b[k]]
         raise SynthesisError(f"cannot resume model in {paths.root}: its config differs ({'; '.join(diffs)}); "
                              f"use the same profile (only --steps may change) or another --name")
+    if not extends_exactly(old, cfg):
+        raise SynthesisError(f"cannot resume model in {paths.root} to --steps {cfg.train.steps}: it was started for "
+                             f"{old.train.steps} steps with a {cfg.train.lr_schedule} learning-rate schedule, which a new "
+                             f"total would change, so the run would not equal an uninterrupted one; resume with --steps "
+                             f"{old.train.steps}, or train a new model (another --name)")
     if card.get("dataset") != ds.name:
         raise SynthesisError(f"cannot resume model in {paths.root}: it was trained on dataset {card.get('dataset')!r}, "
                              f"not {ds.name!r}")
@@ -317,8 +329,9 @@ def _check_resumable(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> 
 def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
     """The pipeline's choice: continue a model of this config and these training cases from its last
     checkpoint (a killed run loses at most ``checkpoint_every`` steps); a model trained with another
-    config, on other cases or past ``steps`` is moved aside to ``<name>.replaced-<UTC time>`` (never
-    deleted) and a new one starts."""
+    config, on other cases, past ``steps``, or started for another total under a schedule that the total
+    shapes (:func:`extends_exactly`) is moved aside to ``<name>.replaced-<UTC time>`` (never deleted)
+    and a new one starts, so the model depends on the config, never on the workspace's history."""
     existing = paths.list_checkpoints()
     if not existing and not paths.config.is_file():
         return False
@@ -328,6 +341,7 @@ def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
         same = (bool(card.get("config")) and card.get("dataset") == ds.name
                 and card.get("dataset_manifest_sha256") == ds.manifest_digest
                 and SynthesizerConfig.model_validate(card["config"]).digest(ignore_steps=True) == want
+                and extends_exactly(SynthesizerConfig.model_validate(card["config"]), cfg)
                 and (not existing or existing[-1][0] <= cfg.train.steps))
         if same and existing:  # the checkpoint itself must carry this config (code changes can move digests)
             same = torch.load(existing[-1][1], map_location="cpu", weights_only=True).get("config_sha256") == want
@@ -339,8 +353,8 @@ def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
     os.replace(paths.root, aside)
-    log.warning("model %s was trained with another config or on other cases: moved to %s, training a new one",
-                paths.root.name, aside)
+    log.warning("model %s was trained with another config, step schedule or on other cases: moved to %s, "
+                "training a new one", paths.root.name, aside)
     return False
 
 
