@@ -338,10 +338,10 @@ def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
     want = cfg.digest(ignore_steps=True)
     try:
         card = read_json(paths.config) if paths.config.is_file() else {}
-        same = (bool(card.get("config")) and card.get("dataset") == ds.name
+        old = SynthesizerConfig.model_validate(card["config"]) if card.get("config") else None
+        same = (old is not None and card.get("dataset") == ds.name
                 and card.get("dataset_manifest_sha256") == ds.manifest_digest
-                and SynthesizerConfig.model_validate(card["config"]).digest(ignore_steps=True) == want
-                and extends_exactly(SynthesizerConfig.model_validate(card["config"]), cfg)
+                and old.digest(ignore_steps=True) == want and extends_exactly(old, cfg)
                 and (not existing or existing[-1][0] <= cfg.train.steps))
         if same and existing:  # the checkpoint itself must carry this config (code changes can move digests)
             same = torch.load(existing[-1][1], map_location="cpu", weights_only=True).get("config_sha256") == want
