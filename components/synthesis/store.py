@@ -24,7 +24,7 @@ import torch
 
 from components.io import sha256_file
 from components.synthesis.config import SynthesisError, SynthesizerConfig
-from components.synthesis.network import build_network, resolve_device
+from components.synthesis.network import build_network, place_network, resolve_device
 from data_catalog import LabelScheme, load_label_scheme
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -143,6 +143,6 @@ def load_trained_model(workspace: str | Path, name: str, device: str = "auto") -
     n_cond = int(card["n_condition"])
     net = build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion)
     net.load_state_dict(blob["ema"])
-    net.to(dev).eval()
+    place_network(net, dev).eval()
     return TrainedModel(name=name, paths=paths, config=cfg, card=card, stats=stats, scheme=scheme, n_condition=n_cond,
                         network=net, step=step, digest=sha256_file(paths.ema), device=dev)

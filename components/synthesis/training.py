@@ -38,7 +38,7 @@ from components.synthesis.data import (
     one_hot,
     prepare_training_set,
 )
-from components.synthesis.network import build_network, build_scheduler, count_parameters, resolve_device
+from components.synthesis.network import build_network, build_scheduler, count_parameters, place_network, resolve_device
 from components.synthesis.quality import reference_statistics
 from components.synthesis.sampling import make_generator, sample_images
 from components.synthesis.store import ModelPaths, model_paths, read_json
@@ -225,10 +225,10 @@ def save_checkpoint(paths: ModelPaths, step: int, net: torch.nn.Module, ema: tor
                     opt: torch.optim.Optimizer, gens: dict[str, torch.Generator], ema_updates: int,
                     config_sha: str, keep: int) -> None:
     """Checkpoint (torch.save, plain types and tensors only, so weights_only loading works) + ema.pt."""
-    ema_state = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+    ema_state = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     ck = {
         "format": 1, "step": int(step), "config_sha256": config_sha, "ema_updates": int(ema_updates),
-        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
         "ema": ema_state,
         "optimizer": opt.state_dict(),
         "rng": {k: g.get_state() for k, g in gens.items()},
@@ -430,7 +430,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
 
     device = resolve_device(cfg.train.device)
     use_amp = cfg.train.amp and device.type == "cuda"
-    net = build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion).to(device)
+    net = place_network(build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion), device)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
     inferer_scheduler = build_scheduler(cfg.diffusion, "ddpm")
