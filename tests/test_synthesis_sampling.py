@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -12,7 +13,7 @@ import torch
 
 from components.io import write_json_atomic
 from components.synthesis.config import DiffusionConfig, SynthesisError, SynthesizeConfig
-from components.synthesis.network import build_network
+from components.synthesis.network import build_network, place_network
 from components.synthesis.sampling import make_generator, sample_images
 from components.synthesis.store import ModelNotTrainedError, load_trained_model, model_paths
 from components.synthesis.training import train_synthesizer
@@ -63,6 +64,18 @@ def test_same_seed_gives_identical_samples(sampler, steps, eta):
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, c)
     assert not torch.equal(a[0], d[0]) and torch.equal(a[1], d[1])  # per-volume generators
+
+
+def test_the_cpu_layout_changes_speed_not_values():
+    net, labels = _net_and_labels()
+    fast = place_network(copy.deepcopy(net), torch.device("cpu"))
+    convs = [p for p in fast.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    x = torch.cat([torch.randn((2, 4, 16, 16, 16), generator=torch.Generator().manual_seed(0)),
+                   torch.nn.functional.one_hot(labels, 5).permute(0, 4, 1, 2, 3).float()], dim=1)
+    t = torch.tensor([3, 17])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, timesteps=t), net(x, timesteps=t), rtol=1e-4, atol=1e-5)
 
 
 def test_ddpm_reference_runs_the_full_chain_only():

@@ -96,8 +96,11 @@ def place_network(net: torch.nn.Module, device: torch.device) -> torch.nn.Module
     up to float rounding; state dicts are saved contiguous, so files do not depend on the layout.
     """
     net = net.to(device)
-    if device.type == "cpu":
-        net = net.to(memory_format=torch.channels_last_3d)
+    if device.type == "cpu":  # only the 5-D (convolution) tensors: Module.to(memory_format) rejects 4-D buffers
+        with torch.no_grad():
+            for t in (*net.parameters(), *net.buffers()):
+                if t.dim() == 5:
+                    t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
     return net
 
 
