@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from components.synthesis.config import load_profile  # noqa: E402
 from components.synthesis.data import n_condition_channels  # noqa: E402
-from components.synthesis.network import build_network, count_parameters, resolve_device  # noqa: E402
+from components.synthesis.network import build_network, count_parameters, place_network, resolve_device  # noqa: E402
 from components.synthesis.sampling import make_generator, sample_images  # noqa: E402
 from data_catalog import load_label_scheme  # noqa: E402
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"every side of --shape must be a multiple of {factor} for this network, got {shape}")
     scheme = load_label_scheme("brats2023")
     n_cond = n_condition_channels(scheme)
-    net = build_network(cfg.network, n_cond, seed=a.seed, diffusion=cfg.diffusion).to(device).eval()
+    net = place_network(build_network(cfg.network, n_cond, seed=a.seed, diffusion=cfg.diffusion), device).eval()
     labels = _labels(shape).to(device)
     T = cfg.diffusion.num_train_timesteps
     ddim_steps = a.ddim_steps or cfg.sample.steps
