@@ -8,7 +8,7 @@ for epsilon and reports, inside the head, the RMSE of the one-step estimate of x
 noise (mean |Laplacian|, the same measure as bench/sampling_quality.py, beside the real image's).
 With ``--figure`` a PNG shows the axial mid-slice of the first case's t1n: real, x_t, estimate.
 
-What it showed on the CPU demo model (2 cases): at sigma <= 2.5 the estimate is a brain with the real
+What it showed on the 600-step CPU demo model (2 cases): at sigma <= 2.5 the estimate is a brain with the real
 anatomy (ventricles, cortex; voxel noise 0.44 at sigma 2.5, real 0.63), while from the mask alone
 (sigma >= 10) it is a speckled blob, not the smooth mean anatomy an exact model gives: voxel noise
 rises to 0.67 at sigma 10 and 0.76 at sigma 150. Samples take their layout there. Training more at high sigma (lognormal p_mean 0, p_std 1.5)

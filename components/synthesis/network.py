@@ -94,7 +94,7 @@ def place_network(net: torch.nn.Module, device: torch.device) -> torch.nn.Module
     oneDNN's 3-D convolutions run faster on channels-last weights: a cpu-demo training step (8 x 16^3
     crops, forward and backward) took 0.47 s instead of 0.59 s on 2 cores; a sampling step (forward
     only, 40x48x40) is about the same either way (0.39-0.47 s). The values are the same up to float
-    rounding; state dicts are saved contiguous, so files do not depend on the layout.
+    rounding; model and EMA weights are saved contiguous, so ema.pt does not depend on the layout.
     """
     net = net.to(device)
     if device.type == "cpu":  # only the 5-D (convolution) tensors: Module.to(memory_format) rejects 4-D buffers

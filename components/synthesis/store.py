@@ -143,6 +143,6 @@ def load_trained_model(workspace: str | Path, name: str, device: str = "auto") -
     n_cond = int(card["n_condition"])
     net = build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion)
     net.load_state_dict(blob["ema"])
-    place_network(net, dev).eval()
+    net = place_network(net, dev).eval()
     return TrainedModel(name=name, paths=paths, config=cfg, card=card, stats=stats, scheme=scheme, n_condition=n_cond,
                         network=net, step=step, digest=sha256_file(paths.ema), device=dev)
