@@ -54,6 +54,8 @@ def main() -> int:
         img, lab = torch.from_numpy(image)[None], torch.from_numpy(labels)[None]
         head = (lab > 0)[0].numpy()
         cond = one_hot(lab, tm.n_condition).to(tm.device)
+        if tm.prior is not None:  # a model trained with a prior takes it after the mask
+            cond = torch.cat([cond, tm.prior[None].to(tm.device)], 1)
         real_noise.append(voxel_noise(img[0].numpy(), head))
         for s in a.sigmas:
             t = int((sigma_t - s).abs().argmin())

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from components.synthesis.config import load_profile  # noqa: E402
 from components.synthesis.data import n_condition_channels  # noqa: E402
-from components.synthesis.network import build_network, count_parameters, place_network, resolve_device  # noqa: E402
+from components.synthesis.network import build_network, count_parameters, place_network, prior_channels, resolve_device  # noqa: E402
 from components.synthesis.sampling import make_generator, sample_images  # noqa: E402
 from data_catalog import load_label_scheme  # noqa: E402
 
@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     n_cond = n_condition_channels(scheme)
     net = place_network(build_network(cfg.network, n_cond, seed=a.seed, diffusion=cfg.diffusion), device).eval()
     labels = _labels(shape).to(device)
+    n_prior = prior_channels(cfg.diffusion)  # the timing does not depend on the prior's values
+    prior = torch.zeros((n_prior, *shape), device=device) if n_prior else None
     T = cfg.diffusion.num_train_timesteps
     ddim_steps = a.ddim_steps or cfg.sample.steps
-    print(f"profile {cfg.profile}: {count_parameters(net):,} parameters, shape {shape} (4 + {n_cond} channels in), "
+    print(f"profile {cfg.profile}: {count_parameters(net):,} parameters, shape {shape} (4 + {n_cond} + {n_prior} channels in), "
           f"device {device}, torch threads {torch.get_num_threads()}", flush=True)
     with torch.no_grad():  # warm-up (allocator, kernels)
-        net(torch.cat([torch.zeros((1, 4, *shape), device=device), torch.zeros((1, n_cond, *shape), device=device)], 1),
+        net(torch.cat([torch.zeros((1, 4, *shape), device=device), torch.zeros((1, n_cond + n_prior, *shape), device=device)], 1),
             timesteps=torch.zeros(1, dtype=torch.long, device=device))
 
     figures: dict[str, dict[str, float]] = {}
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             _reset_peak_rss()
         t0 = time.perf_counter()
         sample_images(net, labels, n_cond, cfg.diffusion, [make_generator(a.seed, device)], sampler=sampler,
-                      steps=steps, amp=cfg.train.amp)
+                      steps=steps, amp=cfg.train.amp, prior=prior)
         if device.type == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() / 2**20

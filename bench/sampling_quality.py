@@ -111,7 +111,7 @@ def main() -> int:
         for k, (cid, _, lab) in enumerate(cases):
             g = make_generator(a.seed + k, tm.device)
             x = sample_images(tm.network, torch.from_numpy(lab)[None], tm.n_condition, tm.config.diffusion, [g],
-                              sampler=sampler, steps=n_steps, eta=eta)[0].numpy()
+                              sampler=sampler, steps=n_steps, eta=eta, prior=tm.prior)[0].numpy()
             synth[cid] = x
         sec = (time.perf_counter() - t0) / len(cases)
         row: dict[str, float] = {"steps": n_steps, "eta": eta, "s_per_volume": round(sec, 2),

@@ -13,7 +13,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-synthesizer", help="train a mask-conditioned diffusion model on a dataset's train split",
         description="Train a 3-D DDPM (MONAI DiffusionModelUNet; the one-hot mask - background, head, tumour labels - "
-        "concatenated to the noisy 4-modality image at every step) on the train-split cases of DATASET. The model "
+        "concatenated to the noisy 4-modality image at every step; profiles with diffusion.prior also give it the train "
+        "cases' mean healthy anatomy, saved with the weights) on the train-split cases of DATASET. The model "
         "lives in <workspace>/models/<name>/ (config.json, checkpoints/, ema.pt, stats.json, train_log.csv, "
         "montage.png); the loss curve and a real-vs-synthetic montage go to MLflow (<workspace>/mlflow).",
     )

@@ -85,6 +85,27 @@ def test_ddpm_reference_runs_the_full_chain_only():
                       sampler="ddpm", steps=5, progress=False)
 
 
+def test_a_model_with_a_prior_samples_only_with_it():
+    cfg = b.tiny_synth_config()
+    net = build_network(cfg.network, 5, seed=0, diffusion=cfg.diffusion).eval()
+    _, labels = _net_and_labels()
+    gens = [make_generator(0)] * 2
+    with pytest.raises(SynthesisError, match="trained with a prior"):
+        sample_images(net, labels, 5, cfg.diffusion, gens, steps=2, progress=False)
+    with pytest.raises(SynthesisError, match="expected"):
+        sample_images(net, labels, 5, cfg.diffusion, gens, steps=2, progress=False, prior=torch.zeros(4, 8, 8, 8))
+    plain, _ = _net_and_labels()
+    with pytest.raises(SynthesisError, match="without a prior"):
+        sample_images(plain, labels, 5, cfg.diffusion, gens, steps=2, progress=False, prior=torch.zeros(4, 16, 16, 16))
+    # one DDIM step (eta 0) from pure noise with the untrained model (the linear denoiser centred on
+    # the prior): the sample is the prior, whatever the noise; without the prior's pull it would be ~0
+    for v in (-0.5, 0.5):
+        prior = torch.full((4, 16, 16, 16), v)
+        x = sample_images(net, labels, 5, cfg.diffusion, [make_generator(0), make_generator(1)], steps=1,
+                          progress=False, prior=prior)
+        torch.testing.assert_close(x, prior[None].expand(2, -1, -1, -1, -1), atol=1e-2, rtol=0)
+
+
 def test_an_untrained_model_is_refused(ws):
     with pytest.raises(SynthesisError, match="no model"):
         load_trained_model(ws, "missing")

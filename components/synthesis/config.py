@@ -101,13 +101,22 @@ class DiffusionConfig(_Frozen):
         "which spends the steps on the noise levels that shape the image")
     p_mean: float = -1.2
     p_std: float = Field(1.2, gt=0.0)
+    prior: Literal["none", "healthy_mean"] = Field(
+        "none", description="anatomical prior. healthy_mean: the voxel-wise mean of the training cases' healthy "
+        "head tissue on the model grid (saved with the weights) is given to the network as 4 more conditioning "
+        "channels, flipped and cropped with each draw, and the edm preconditioning is centred on it: the model "
+        "denoises the residual x_0 - prior, so the layout the cases share (ventricles, cortex; BraTS is "
+        "co-registered to one atlas) need not be learnt from noise. Needs precondition 'edm'; sigma_data is then "
+        "the RMS of that residual. none: Med-DDPM's conditioning on the mask alone")
+    clip_sample: bool = Field(True, description="clip the predicted x0 to [-1, 1], the data range")
 
     @model_validator(mode="after")
     def _check(self) -> DiffusionConfig:
         if self.loss_weighting == "edm" and self.precondition != "edm":
             raise ValueError("loss_weighting 'edm' needs precondition 'edm'")
+        if self.prior != "none" and self.precondition != "edm":
+            raise ValueError(f"prior {self.prior!r} needs precondition 'edm' (the preconditioning is centred on it)")
         return self
-    clip_sample: bool = Field(True, description="clip the predicted x0 to [-1, 1], the data range")
 
 
 class TrainConfig(_Frozen):
@@ -175,6 +184,8 @@ class SynthesizerConfig(_Frozen):
         d = self.model_dump(mode="json")
         if ignore_steps:
             d["train"].pop("steps")
+        if d["diffusion"]["prior"] == "none":  # added later: without it, a model trained before keeps its digest
+            d["diffusion"].pop("prior")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -347,11 +347,34 @@ def prepare_training_set(ds: Dataset, cases: pd.DataFrame, cfg: DataConfig, sche
     return TrainingSet(cache_dir, ids, infos, in_memory=nbytes <= memory_limit_bytes)
 
 
-def draw_batch(ts: TrainingSet, batch_size: int, cfg: DataConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def healthy_mean_prior(ts: TrainingSet) -> np.ndarray:
+    """The anatomical prior (4, X, Y, Z) float32 in [-1, 1]: per voxel and modality, the mean of the
+    training cases over those where the voxel is healthy head tissue (conditioning label 1), so no
+    case's tumour leaves a ghost in it; where no case has healthy tissue, the plain mean of all cases
+    (-1 outside every head). One pass over the cases, so large sets are not held in memory.
+    """
+    total = count = plain = None
+    for i in range(len(ts)):
+        img, lab = ts.get(i)
+        healthy = (lab == HEAD).astype(np.float64)
+        if total is None:
+            total, count, plain = np.zeros(img.shape), np.zeros(lab.shape), np.zeros(img.shape)
+        total += img * healthy[None]
+        count += healthy
+        plain += img
+    if total is None:
+        raise SynthesisError("no training cases to build the prior from")
+    mean = np.where(count[None] > 0, total / np.maximum(count, 1.0)[None], plain / len(ts))
+    return mean.astype(np.float32)
+
+
+def draw_batch(ts: TrainingSet, batch_size: int, cfg: DataConfig, generator: torch.Generator,
+               prior: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Random cases with paired random flips (image and mask flipped together) and, with
     ``cfg.train_crop``, a random crop at the same place in both; all drawn from ``generator``.
+    A ``prior`` (C, X, Y, Z) on the model grid is flipped and cropped with each draw (no extra draws).
 
-    Returns (image (B, 4, X, Y, Z) float32, labels (B, X, Y, Z) long).
+    Returns (image (B, 4, X, Y, Z) float32, labels (B, X, Y, Z) long, prior (B, C, X, Y, Z) or None).
     """
     idx = torch.randint(len(ts), (batch_size,), generator=generator).tolist()
     flips = (torch.rand(batch_size, len(cfg.flip_axes), generator=generator) < cfg.flip_prob).tolist()
@@ -359,16 +382,21 @@ def draw_batch(ts: TrainingSet, batch_size: int, cfg: DataConfig, generator: tor
     if crop is not None:
         starts = [[int(torch.randint(s - c + 1, (1,), generator=generator)) for s, c in zip(cfg.shape, crop, strict=True)]
                   for _ in range(batch_size)]
-    images, labels = [], []
+    images, labels, priors = [], [], []
     for k, (i, f) in enumerate(zip(idx, flips, strict=True)):
         img, lab = ts.get(i)
+        pri = prior
         axes = [a for a, do in zip(cfg.flip_axes, f, strict=True) if do]
         if axes:
             img = np.flip(img, axis=[a + 1 for a in axes])
             lab = np.flip(lab, axis=axes)
+            pri = None if pri is None else np.flip(pri, axis=[a + 1 for a in axes])
         if crop is not None:
             sl = tuple(slice(s0, s0 + c) for s0, c in zip(starts[k], crop, strict=True))
             img, lab = img[(slice(None), *sl)], lab[sl]
+            pri = None if pri is None else pri[(slice(None), *sl)]
         images.append(torch.from_numpy(np.ascontiguousarray(img)))
         labels.append(torch.from_numpy(np.ascontiguousarray(lab)).long())
-    return torch.stack(images), torch.stack(labels)
+        if pri is not None:
+            priors.append(torch.from_numpy(np.ascontiguousarray(pri, dtype=np.float32)))
+    return torch.stack(images), torch.stack(labels), (torch.stack(priors) if priors else None)

@@ -31,28 +31,44 @@ class EDMPreconditioned(torch.nn.Module):
     not noise that the sampler's clipping turns into salt and pepper; trained with loss weighting
     'edm', F sees a unit-variance target at every noise level, which is what lets a few hundred CPU
     steps learn the image structure.
+
+    With a prior (``n_prior`` > 0) the input's last ``n_prior`` channels hold a mean image m and the
+    preconditioning is centred on it: r_t = x_t - sqrt(a_t) m = sqrt(a_t) (x_0 - m) + sqrt(1 - a_t) eps
+    holds the same eps, so eps = c_skip r_t + c_out F([c_in r_t, mask, m], t) with sigma_data the RMS
+    of x_0 - m. This is diffusion of the residual from m written on x_t, so the schedulers, the
+    samplers and their clipping of the predicted x_0 to the data range stay as they are.
     """
 
-    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, sigma_data: float, n_image: int):
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, sigma_data: float, n_image: int,
+                 n_prior: int = 0):
         super().__init__()
         self.unet = unet
         self.sigma_data = float(sigma_data)
         self.n_image = n_image
+        self.n_prior = int(n_prior)
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float().clone(), persistent=False)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         a = self.alphas_cumprod[timesteps.long()].view(-1, *([1] * (x.dim() - 1)))
         c_in, c_skip, c_out = (c.to(x.dtype) for c in edm_coefficients(a, self.sigma_data))
         x_t = x[:, : self.n_image]
+        if self.n_prior:
+            x_t = x_t - torch.sqrt(a).to(x.dtype) * x[:, x.shape[1] - self.n_prior:]
         inner = torch.cat([c_in * x_t, x[:, self.n_image:]], dim=1)
         return c_skip * x_t + c_out * self.unet(inner, timesteps=timesteps, context=context)
+
+
+def prior_channels(diffusion: DiffusionConfig | None) -> int:
+    """Conditioning channels the prior adds after the one-hot mask: 4 (one mean image per modality) or 0."""
+    return N_MODALITIES if diffusion is not None and diffusion.prior != "none" else 0
 
 
 def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
                   diffusion: DiffusionConfig | None = None) -> torch.nn.Module:
     """``DiffusionModelUNet`` (3-D) taking the noisy 4-modality image concatenated with the one-hot
-    mask (4 + C channels) and predicting the noise of the 4 modalities (Med-DDPM's conditioning);
-    wrapped in :class:`EDMPreconditioned` when ``diffusion.precondition == "edm"``.
+    mask (4 + C channels; + 4 prior channels with ``diffusion.prior``) and predicting the noise of the
+    4 modalities (Med-DDPM's conditioning); wrapped in :class:`EDMPreconditioned` when
+    ``diffusion.precondition == "edm"``.
 
     Weights are initialised from ``seed`` without touching the caller's global RNG state.
     """
@@ -62,7 +78,7 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
         torch.manual_seed(seed)
         try:
             net = DiffusionModelUNet(
-                spatial_dims=3, in_channels=N_MODALITIES + n_condition, out_channels=N_MODALITIES,
+                spatial_dims=3, in_channels=N_MODALITIES + n_condition + prior_channels(diffusion), out_channels=N_MODALITIES,
                 channels=cfg.channels, num_res_blocks=cfg.num_res_blocks, attention_levels=cfg.attention_levels,
                 num_head_channels=cfg.num_head_channels, norm_num_groups=cfg.norm_num_groups,
                 use_flash_attention=cfg.use_flash_attention,
@@ -70,7 +86,8 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
         except ValueError as err:
             raise SynthesisError(f"network settings rejected by MONAI's DiffusionModelUNet: {err}") from err
     if diffusion is not None and diffusion.precondition == "edm":
-        return EDMPreconditioned(net, build_scheduler(diffusion).alphas_cumprod, diffusion.sigma_data, N_MODALITIES)
+        return EDMPreconditioned(net, build_scheduler(diffusion).alphas_cumprod, diffusion.sigma_data, N_MODALITIES,
+                                 prior_channels(diffusion))
     return net
 
 

@@ -56,11 +56,14 @@ def sample_images(
     eta: float = 0.0,
     amp: bool = True,
     progress: bool | None = None,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate B volumes for B conditioning maps.
 
     labels: (B, X, Y, Z) conditioning label map (0 background, 1 head, 2.. tumour), on any device.
     generators: one per volume, on the network's device; they fix the initial noise and any step noise.
+    prior: the model's prior (C, X, Y, Z) on the same grid, for a network trained with one (its
+    ``n_prior`` channels follow the mask); refused for a network without.
     Returns (B, 4, X, Y, Z) float32 on the CPU, in [-1, 1] (the data range the model was trained on).
     """
     device = next(network.parameters()).device
@@ -71,6 +74,15 @@ def sample_images(
     scheduler = build_scheduler(diffusion, sampler)
     scheduler.set_timesteps(n_steps)
     cond = one_hot(labels.to(device), n_condition)
+    n_prior = int(getattr(network, "n_prior", 0))
+    if n_prior or prior is not None:
+        if prior is None or not n_prior:
+            raise SynthesisError("this network was trained with a prior; pass the model's prior" if n_prior else
+                                 "this network was trained without a prior; do not pass one")
+        if tuple(prior.shape) != (n_prior, *labels.shape[1:]):
+            raise SynthesisError(f"prior has shape {tuple(prior.shape)}, expected {(n_prior, *labels.shape[1:])} "
+                                 f"(the model grid of the masks)")
+        cond = torch.cat([cond, prior.to(device=device, dtype=cond.dtype)[None].expand(B, -1, -1, -1, -1)], dim=1)
     shape = (N_MODALITIES, *labels.shape[1:])
     x = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
     use_amp = amp and device.type == "cuda"

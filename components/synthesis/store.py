@@ -3,7 +3,7 @@
 ```
 config.json        the resolved SynthesizerConfig + dataset, label scheme, conditioning channels
 stats.json         normalisation window (to map samples back to intensities) + quality reference
-ema.pt             EMA weights used for sampling (written at every checkpoint), its step
+ema.pt             EMA weights used for sampling (written at every checkpoint), its step, the prior
 checkpoints/       step_XXXXXXX.pt: model, EMA, optimizer, step, RNG states (torch.save)
 train_log.csv      step, loss, lr, elapsed_s
 montage.png        real vs synthetic for training masks, loss.png the loss curve
@@ -119,6 +119,7 @@ class TrainedModel:
     scheme: LabelScheme
     n_condition: int
     network: torch.nn.Module  # EMA weights, eval mode, on ``device``
+    prior: torch.Tensor | None  # (4, X, Y, Z) on the model grid for a model trained with one, else None
     step: int
     digest: str
     device: torch.device
@@ -143,6 +144,10 @@ def load_trained_model(workspace: str | Path, name: str, device: str = "auto") -
     n_cond = int(card["n_condition"])
     net = build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion)
     net.load_state_dict(blob["ema"])
+    prior = blob.get("prior")
+    if (prior is None) != (cfg.diffusion.prior == "none"):
+        raise SynthesisError(f"model {name!r}: its config has prior {cfg.diffusion.prior!r} but {paths.ema} "
+                             f"{'holds no' if prior is None else 'holds a'} prior; retrain it")
     net = place_network(net, dev).eval()
     return TrainedModel(name=name, paths=paths, config=cfg, card=card, stats=stats, scheme=scheme, n_condition=n_cond,
-                        network=net, step=step, digest=sha256_file(paths.ema), device=dev)
+                        network=net, prior=prior, step=step, digest=sha256_file(paths.ema), device=dev)

@@ -34,6 +34,7 @@ from components.synthesis.data import (
     TrainingSet,
     condition_channels,
     draw_batch,
+    healthy_mean_prior,
     n_condition_channels,
     one_hot,
     prepare_training_set,
@@ -130,11 +131,13 @@ def timestep_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, diff
 
 def training_loss(net: torch.nn.Module, inferer: Any, image: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
                   timesteps: torch.Tensor, n_condition: int, loss: str, amp: bool = False,
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
+                  weights: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Epsilon objective (Ho et al. 2020, eq. 14): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, then the
-    loss between eps and eps_theta([x_t, one-hot mask], t), optionally weighted per sample.
-    image (B, 4, X, Y, Z), labels (B, X, Y, Z), timesteps and weights (B,)."""
+    loss between eps and eps_theta([x_t, one-hot mask(, prior)], t), optionally weighted per sample.
+    image (B, 4, X, Y, Z), labels (B, X, Y, Z), prior (B, 4, X, Y, Z) or None, timesteps and weights (B,)."""
     cond = one_hot(labels, n_condition)
+    if prior is not None:
+        cond = torch.cat([cond, prior.to(cond.dtype)], dim=1)
     with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16, enabled=amp):
         pred = inferer(inputs=image, diffusion_model=net, noise=noise, timesteps=timesteps, condition=cond, mode="concat")
     per_sample = loss_function(loss)(pred.float(), noise, reduction="none").flatten(1).mean(1)
@@ -223,20 +226,23 @@ def training_statistics(ts: TrainingSet, cfg: SynthesizerConfig) -> dict[str, An
 
 def save_checkpoint(paths: ModelPaths, step: int, net: torch.nn.Module, ema: torch.nn.Module,
                     opt: torch.optim.Optimizer, gens: dict[str, torch.Generator], ema_updates: int,
-                    config_sha: str, keep: int) -> None:
-    """Checkpoint (torch.save, plain types and tensors only, so weights_only loading works) + ema.pt."""
+                    config_sha: str, keep: int, prior: torch.Tensor | None = None) -> None:
+    """Checkpoint (torch.save, plain types and tensors only, so weights_only loading works) + ema.pt.
+    The prior, when the model has one, is in both (so the weights digest covers it)."""
     ema_state = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    extra = {} if prior is None else {"prior": prior.detach().cpu().contiguous()}
     ck = {
         "format": 1, "step": int(step), "config_sha256": config_sha, "ema_updates": int(ema_updates),
         "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
         "ema": ema_state,
         "optimizer": opt.state_dict(),
         "rng": {k: g.get_state() for k, g in gens.items()},
+        **extra,
     }
     with atomic_path(paths.checkpoint(step), suffix=".pt") as tmp:
         torch.save(ck, tmp)
     with atomic_path(paths.ema, suffix=".pt") as tmp:
-        torch.save({"format": 1, "step": int(step), "config_sha256": config_sha, "ema": ema_state}, tmp)
+        torch.save({"format": 1, "step": int(step), "config_sha256": config_sha, "ema": ema_state, **extra}, tmp)
     for _, old in paths.list_checkpoints()[:-keep]:
         old.unlink(missing_ok=True)
 
@@ -269,7 +275,7 @@ def _plot_loss(rows: list[dict[str, float]], out: Path, title: str) -> Path | No
 
 
 def training_montage(net: torch.nn.Module, ts: TrainingSet, cfg: SynthesizerConfig, scheme: LabelScheme, n_condition: int,
-                     out: Path, progress: bool | None = None) -> Path | None:
+                     out: Path, progress: bool | None = None, prior: torch.Tensor | None = None) -> Path | None:
     """Real vs synthetic (DDIM, EMA weights) for the first training masks, on the model grid."""
     from components.viz import render_montage
 
@@ -280,7 +286,7 @@ def training_montage(net: torch.nn.Module, ts: TrainingSet, cfg: SynthesizerConf
     labels = torch.stack([torch.from_numpy(ts.get(i)[1]).long() for i in range(n)])
     gens = [make_generator(cfg.seed + 7919 * (i + 1), device) for i in range(n)]
     x = sample_images(net, labels, n_condition, cfg.diffusion, gens, sampler="ddim", steps=cfg.train.montage_steps,
-                      amp=cfg.train.amp, progress=progress).numpy()
+                      amp=cfg.train.amp, progress=progress, prior=prior).numpy()
     cases = []
     for i in range(n):
         real, lab = ts.get(i)
@@ -427,6 +433,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
 
     ts = prepare_training_set(ds, cases, cfg.data, scheme, paths.cache, progress)
     write_json_atomic(paths.stats, training_statistics(ts, cfg))
+    prior = torch.from_numpy(healthy_mean_prior(ts)) if cfg.diffusion.prior == "healthy_mean" else None
 
     device = resolve_device(cfg.train.device)
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -450,6 +457,8 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
         for k, g in gens.items():
             g.set_state(ck["rng"][k])
         start, ema_updates = int(ck["step"]), int(ck["ema_updates"])
+        if prior is not None and "prior" in ck:  # the prior is fixed when training starts
+            prior = ck["prior"]
         log.info("resuming model %s from step %d (%s)", name, start, existing[-1][1].name)
     elif resume:
         log.info("model %s has no checkpoint yet: starting from step 0", name)
@@ -472,12 +481,13 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(accum):
-            img, lab = draw_batch(ts, B, cfg.data, gens["data"])
+            img, lab, pri = draw_batch(ts, B, cfg.data, gens["data"], None if prior is None else prior.numpy())
             noise = torch.randn(img.shape, generator=gens["noise"])
             t = draw_timesteps(B, inferer_scheduler.alphas_cumprod, cfg.diffusion, gens["noise"])
             w = timestep_weights(inferer_scheduler.alphas_cumprod, t, cfg.diffusion)
             loss = training_loss(net, inferer, img.to(device), lab.to(device), noise.to(device), t.to(device), n_cond,
-                                 cfg.diffusion.loss, use_amp, weights=w) / accum
+                                 cfg.diffusion.loss, use_amp, weights=w,
+                                 prior=None if pri is None else pri.to(device)) / accum
             loss.backward()
             step_loss += float(loss.detach())
         if cfg.train.grad_clip:
@@ -498,14 +508,14 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
             # The log first: a run killed between the two resumes from the previous checkpoint and
             # trims the log to it (read_log(upto=start)), so no logged step is ever lost.
             write_log(paths.log, rows)
-            save_checkpoint(paths, step, net, ema, opt, gens, ema_updates, config_sha, cfg.train.keep_checkpoints)
+            save_checkpoint(paths, step, net, ema, opt, gens, ema_updates, config_sha, cfg.train.keep_checkpoints, prior)
     bar.close()
     if hasattr(tracker, "flush"):
         tracker.flush()
 
     montage = None
     if cfg.train.steps > start or not paths.montage.is_file():
-        montage = training_montage(ema, ts, cfg, scheme, n_cond, paths.montage, progress)
+        montage = training_montage(ema, ts, cfg, scheme, n_cond, paths.montage, progress, prior)
         _plot_loss(rows, paths.loss_plot, f"{name} ({cfg.profile}): {ds.name}, {len(ts)} train cases")
     for p in (paths.config, paths.stats, paths.log, paths.loss_plot, montage):
         if p is not None and Path(p).is_file():

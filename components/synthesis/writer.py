@@ -236,7 +236,7 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
         gens = [make_generator(it.seed, tm.device) for it, _, _ in ready]
         ts = time.perf_counter()
         x = sample_images(tm.network, labels_t, tm.n_condition, tm.config.diffusion, gens, sampler=cfg.sampler,
-                          steps=steps, eta=cfg.eta, amp=tm.config.train.amp, progress=progress).numpy()
+                          steps=steps, eta=cfg.eta, amp=tm.config.train.amp, progress=progress, prior=tm.prior).numpy()
         t_sampling += time.perf_counter() - ts
         for i, (it, fc, _) in enumerate(ready):
             extra = {"resampled": fc.resampled, "lost_head_voxels": fc.lost_head_voxels}
