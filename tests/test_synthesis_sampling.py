@@ -106,6 +106,27 @@ def test_a_model_with_a_prior_samples_only_with_it():
         torch.testing.assert_close(x, prior[None].expand(2, -1, -1, -1, -1), atol=1e-2, rtol=0)
 
 
+def test_a_model_trained_before_the_prior_option_still_loads(ws):
+    import hashlib
+
+    cfg = b.tiny_synth_config(steps=1, montage_cases=0)
+    plain = cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"prior": "none"})})
+    train_synthesizer(ws, "tiny", "plain", plain, track=False, progress=False)
+    paths = model_paths(ws, "plain")
+    # ema.pt written before the option carries the digest of a config with no "prior" key at all
+    old = plain.model_dump(mode="json")
+    old["train"].pop("steps")
+    old["diffusion"].pop("prior")
+    blob = torch.load(paths.ema, weights_only=True)
+    assert blob["config_sha256"] == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    card = json.loads(paths.config.read_text())
+    del card["config"]["diffusion"]["prior"]  # and so did config.json
+    write_json_atomic(paths.config, card)
+    tm = load_trained_model(ws, "plain")
+    assert tm.prior is None and tm.config.diffusion.prior == "none"
+    assert cfg.digest() != plain.digest()  # a prior is part of a model's identity
+
+
 def test_an_untrained_model_is_refused(ws):
     with pytest.raises(SynthesisError, match="no model"):
         load_trained_model(ws, "missing")
