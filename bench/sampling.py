@@ -1,4 +1,4 @@
-"""Benchmark: seconds per volume of our default sampler (DDIM, eta 0) against the full-length DDPM
+"""Benchmark: seconds per volume of our default sampler (the profile's DDIM) against the full-length DDPM
 reference (Med-DDPM/GliomaGen sample with 1000 ancestral steps), same network and shape, one run.
 
     .venv/bin/python bench/sampling.py                       # cpu-demo network, small shape on a CPU
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             _reset_peak_rss()
         t0 = time.perf_counter()
         sample_images(net, labels, n_cond, cfg.diffusion, [make_generator(a.seed, device)], sampler=sampler,
-                      steps=steps, amp=cfg.train.amp, prior=prior)
+                      steps=steps, eta=cfg.sample.eta, amp=cfg.train.amp, prior=prior)
         if device.type == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() / 2**20

@@ -39,7 +39,8 @@ def main() -> int:
         ws = Path(a.workspace or tmp)
         for name, seed in (("a", 1), ("b", 2)):
             make_phantom(ws, name, PhantomConfig(cases=a.cases, spacing=a.spacing, seed=seed), progress=False)
-        argv = ["evaluate-synthesis", "--real", "a", "--synthetic", "b", "--workspace", str(ws)]
+        # every case of a (no split): the comparison stays 8 against 8, without floors
+        argv = ["evaluate-synthesis", "--real", "a", "--synthetic", "b", "--real-split", "all", "--workspace", str(ws)]
         if a.threads:
             argv += ["--threads", str(a.threads)]
         t0 = time.perf_counter()

@@ -10,24 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.export import ExportCase, cases_from_dataset, export_nnunet, reserve_dataset_ids
+from components.io import write_json_atomic
+from components.segmentation.nnunet import NnunetSchedule, ScheduleName
 from data_catalog import Dataset
 
 log = logging.getLogger(__name__)
 
 
-class LeakError(RuntimeError):
-    """A training set holds a test case or something derived from one."""
+class AblationError(ValueError):
+    """An ablation grid or data set that makes no sense; raised before anything trains."""
+
+
+class LeakError(AblationError):
+    """A training set holds a test case or something derived from one, or a generator learnt from one."""
 
 
 class AblationConfig(BaseModel):
@@ -35,20 +42,48 @@ class AblationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ratios: tuple[float, ...] = Field((0.0, 0.5, 1.0, 2.0), description="synthetic cases per real training case")
-    seeds: tuple[int, ...] = Field((0,), description="one configuration per ratio and seed")
-    synthetic_only: bool = Field(False, description="add synthetic-only configurations (no real training case)")
-    real_fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded fraction of the real training cases")
+    ratios: tuple[float, ...] = Field((0.0, 0.5, 1.0, 2.0), min_length=1,
+                                      description="synthetic cases per real training case; must include 0 "
+                                                  "(the real-only baseline every effect is paired against)")
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="one configuration per ratio and seed")
+    synthetic_only: bool = Field(False, description="add synthetic-only configurations (no real case)")
+    real_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the real training cases kept "
+                                 "(the data-scarce case): one subset, drawn with subset_seed, for every seed")
+    subset_seed: int = Field(0, ge=0, description="seed of the real subset drawn when real_fraction < 1")
     high_quality: bool = Field(False, description="take synthetic cases by descending quality_score, not at random")
-    schedule: str = Field("cpu-demo", description="nnU-Net schedule: cpu-demo or full")
-    preset: str = Field("brats2023", description="lesion-wise preset: brats2023 or brats2024")
+    schedule: ScheduleName = Field("cpu-demo", description="nnU-Net schedule (components.segmentation.nnunet)")
+    preset: Literal["brats2023", "brats2024"] = Field("brats2023", description="lesion-wise scoring preset")
     experiment: str = "gliosynth-ablation"
-    montage_cases: int = 2
+    montage_cases: int = Field(2, ge=0)
+    bootstrap_resamples: int = Field(9999, ge=100, description="resamples of the paired-effect bootstrap")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [r for r in v if not math.isfinite(r) or r < 0]
+        if bad:
+            raise ValueError(f"ratios must be finite numbers >= 0 (synthetic cases per real case); got {list(bad)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"ratios repeat: {list(v)}")
+        if 0.0 not in v:
+            raise ValueError(f"ratios must include 0, the real-only baseline each ratio is compared with; got {list(v)}")
+        return tuple(sorted(float(r) for r in v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct integers >= 0; got {list(v)}")
+        return v
 
 
 @dataclass(frozen=True)
 class MixPlan:
-    """Which cases one configuration trains on and tests on (ids only: cheap to hash and cache)."""
+    """Which cases one configuration trains on and tests on (ids only: cheap to hash and cache).
+
+    ``real_pool`` is the real subset the configuration stands for: its real training cases, and
+    the only real cases its synthetic cases (and their generator) may derive from.
+    """
 
     name: str
     ratio: float
@@ -58,6 +93,7 @@ class MixPlan:
     synthetic_ids: tuple[str, ...]
     test_ids: tuple[str, ...]
     requested_synthetic: int
+    real_pool: tuple[str, ...] = ()
 
     @property
     def n_real(self) -> int:
@@ -67,8 +103,16 @@ class MixPlan:
     def n_synthetic(self) -> int:
         return len(self.synthetic_ids)
 
+    @property
+    def train_ids(self) -> tuple[str, ...]:
+        return tuple(sorted((*self.real_ids, *self.synthetic_ids)))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MixPlan:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def _labelled(ds: Dataset, split: str) -> pd.DataFrame:
@@ -81,64 +125,174 @@ def _config_name(ratio: float, seed: int, synthetic_only: bool) -> str:
     return f"{'synonly-' if synthetic_only else ''}r{r}-s{seed}"
 
 
+def real_subset(real: Dataset, cfg: AblationConfig) -> tuple[str, ...]:
+    """The real training cases every configuration of the ablation draws from (seeded by subset_seed)."""
+    real_train = _labelled(real, "train")["case_id"].tolist()
+    if not real_train:
+        raise AblationError(f"dataset {real.name!r} has no labelled train-split case ({real.root / 'manifest.parquet'})")
+    if cfg.real_fraction >= 1.0:
+        return tuple(real_train)
+    n_keep = max(1, round(cfg.real_fraction * len(real_train)))
+    return tuple(sorted(np.random.default_rng(cfg.subset_seed).permutation(real_train)[:n_keep].tolist()))
+
+
+def make_real_subset(workspace: str | Path, real: Dataset, fraction: float, subset_seed: int, name: str) -> Dataset:
+    """A data-scarce arm's real dataset: the seeded subset of ``real``'s train split, its whole test split.
+
+    Files are hard-linked (or copied) byte for byte. Everything trained for the arm (masks,
+    generator, segmenter) then sees the subset only, and its ablation scores on the same test cases.
+    """
+    from components.io import link_or_copy
+    from data_catalog import MODALITIES, dataset_dir, dataset_parent_entry, register_dataset
+
+    pool = set(real_subset(real, AblationConfig(real_fraction=fraction, subset_seed=subset_seed)))
+    rows = real.manifest[(real.manifest["status"] == "ok")
+                         & (real.manifest["case_id"].isin(pool) | (real.manifest["split"] == "test"))]
+    root = dataset_dir(workspace, name)
+    for _, r in rows.iterrows():
+        for key in (*MODALITIES, "seg"):
+            rel = r.get(key)
+            if isinstance(rel, str) and rel:
+                link_or_copy(real.root / rel, root / rel)
+    info = {k: v for k, v in real.info.items() if k in ("note", "template_license", "source_scheme", "mapping")}
+    return register_dataset(
+        workspace, name, kind=str(real.info.get("kind", "real")), label_scheme=real.label_scheme.name,
+        manifest=rows.reset_index(drop=True), config={"fraction": fraction, "subset_seed": subset_seed},
+        parents=[dataset_parent_entry(real)],
+        extra={**info, "subset_of": real.name, "subset_fraction": fraction, "subset_seed": subset_seed,
+               "n_train_subset": len(pool)},
+    )
+
+
 def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig) -> list[MixPlan]:
     """All configurations of the ablation. Selection is seeded and nested across ratios.
 
     For one seed the synthetic cases are taken from one fixed permutation, so the cases of ratio
-    0.5 are a subset of those of ratio 1: differences between ratios are not re-draws.
+    0.5 are a subset of those of ratio 1: differences between ratios are not re-draws. Every
+    variant (real + synthetic, synthetic only) takes synthetic cases derived from the real subset
+    only, so a data-scarce mix stays data-scarce. A grid the data cannot fill fails here, with one
+    sentence, before anything trains.
     """
-    real_train = _labelled(real, "train")["case_id"].tolist()
     test_ids = tuple(_labelled(real, "test")["case_id"].tolist())
-    if not real_train:
-        raise ValueError(f"dataset {real.name!r} has no labelled train-split case")
     if not test_ids:
-        raise ValueError(f"dataset {real.name!r} has no labelled test-split case to score on")
+        raise AblationError(f"dataset {real.name!r} has no labelled test-split case to score on "
+                            f"({real.root / 'manifest.parquet'})")
+    pool = real_subset(real, cfg)
     if any(r > 0 for r in cfg.ratios) and synthetic is None:
-        raise ValueError("ratios above 0 need a synthetic dataset")
+        raise AblationError(f"ratios {[r for r in cfg.ratios if r > 0]} need a synthetic dataset; none was given")
+    eligible = pd.DataFrame(columns=["case_id", "source_case"])
+    if synthetic is not None and any(r > 0 for r in cfg.ratios):
+        syn = _labelled(synthetic, "train")
+        src = syn["source_case"].astype(str) if "source_case" in syn else pd.Series([""] * len(syn), dtype=str)
+        linked = syn[src.isin(set(real.manifest["case_id"]))]
+        if linked.empty:
+            seen = sorted(set(src))[:3]
+            raise AblationError(
+                f"synthetic dataset {synthetic.name!r} ({synthetic.root / 'manifest.parquet'}): expected train-split "
+                f"cases whose source_case is a case of the real dataset {real.name!r}, found none (source_case "
+                f"values: {seen or 'none'}); without that link no synthetic case can be checked against the test split")
+        eligible = linked[linked["source_case"].astype(str).isin(set(pool))]
     plans = []
     for seed in cfg.seeds:
-        rng = np.random.default_rng(seed)
-        n_keep = max(1, round(cfg.real_fraction * len(real_train)))
-        real_ids = tuple(sorted(rng.permutation(real_train)[:n_keep].tolist()))
-        candidates: list[str] = []
-        if synthetic is not None:
-            syn = _labelled(synthetic, "train")
-            allowed = set(real_ids)
-            syn = syn[syn["source_case"].astype(str).isin(allowed | (set(real_train) if cfg.synthetic_only else set()))]
-            if cfg.high_quality and "quality_score" in syn:
-                # higher quality_score is better; ties broken by id so the order is total
-                syn = syn.sort_values(["quality_score", "case_id"], ascending=[False, True])
-                candidates = syn["case_id"].tolist()
-            else:
-                candidates = np.random.default_rng([seed, 1]).permutation(syn["case_id"].tolist()).tolist()
+        if cfg.high_quality and "quality_score" in eligible:
+            # higher quality_score is better; ties broken by id so the order is total
+            candidates = eligible.sort_values(["quality_score", "case_id"], ascending=[False, True])["case_id"].tolist()
+        else:
+            candidates = np.random.default_rng([seed, 1]).permutation(eligible["case_id"].tolist()).tolist()
         variants = [(r, False) for r in cfg.ratios]
         if cfg.synthetic_only:
             variants += [(r, True) for r in cfg.ratios if r > 0]
         for ratio, syn_only in variants:
-            want = round(ratio * len(real_ids))
-            chosen = tuple(sorted(candidates[:want]))
-            if len(chosen) < want:
-                log.warning("ratio %g seed %d: asked for %d synthetic cases, only %d eligible", ratio, seed, want,
-                            len(chosen))
+            want = round(ratio * len(pool))
+            if ratio > 0 and want == 0:
+                raise AblationError(f"ratio {ratio:g} x {len(pool)} real training cases rounds to 0 synthetic cases: "
+                                    f"use a ratio of at least {0.5 / len(pool):.2g}")
+            if want > len(candidates):
+                raise AblationError(
+                    f"ratio {ratio:g} needs {want} synthetic cases ({ratio:g} x {len(pool)} real training cases) but "
+                    f"synthetic dataset {synthetic.name if synthetic is not None else '-'!r} has {len(candidates)} "
+                    f"eligible (ok, train split, derived from the configuration's real cases): lower the ratio or "
+                    f"synthesise more cases per mask")
             plans.append(MixPlan(
                 name=_config_name(ratio, seed, syn_only), ratio=float(ratio), seed=int(seed), synthetic_only=syn_only,
-                real_ids=() if syn_only else real_ids, synthetic_ids=chosen, test_ids=test_ids,
-                requested_synthetic=int(want),
+                real_ids=() if syn_only else pool, synthetic_ids=tuple(sorted(candidates[:want])), test_ids=test_ids,
+                requested_synthetic=int(want), real_pool=pool,
             ))
     return plans
 
 
-def check_no_leak(plan: MixPlan, real: Dataset, synthetic: Dataset | None) -> None:
-    """Raise LeakError if any training case is a test case or derives from one (checked on the manifests)."""
+@dataclass(frozen=True)
+class GeneratorRecord:
+    """Which real cases the generator of a synthetic set learnt from (its model card)."""
+
+    dataset: str
+    train_cases: tuple[str, ...]
+    source: str
+
+
+def generator_record(workspace: str | Path, synthetic: Dataset) -> GeneratorRecord | None:
+    """The generator's training cases: recorded in the synthetic dataset, else read from its model card."""
+    info = synthetic.info
+    if info.get("generator_train_cases") is not None:
+        return GeneratorRecord(str(info.get("generator_dataset", info.get("model_dataset", ""))),
+                               tuple(info["generator_train_cases"]), f"{synthetic.root / 'dataset.json'}")
+    model = info.get("model")
+    if model:
+        from components.synthesis.store import model_paths
+
+        card_path = model_paths(workspace, model).config
+        if card_path.is_file():
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+            if card.get("train_cases") is not None:
+                return GeneratorRecord(str(card.get("dataset", "")), tuple(card["train_cases"]), str(card_path))
+    return None
+
+
+def check_generator(plan: MixPlan, real: Dataset, synthetic: Dataset, generator: GeneratorRecord | None) -> None:
+    """Refuse a synthetic set whose generator learnt from a test case or from real cases outside the
+    configuration's real subset (what it learnt would reach training through its samples)."""
+    if generator is None:
+        raise LeakError(
+            f"configuration {plan.name}: synthetic dataset {synthetic.name!r} ({synthetic.root / 'dataset.json'}) "
+            f"does not say which real cases its generator learnt from (expected `generator_train_cases` or a `model` "
+            f"with a model card); a generator trained on test cases would leak them, so it is refused")
+    allowed = {real.name, str(real.info.get("subset_of", ""))} - {""}
+    if generator.dataset not in allowed:
+        raise LeakError(
+            f"configuration {plan.name}: the generator of synthetic dataset {synthetic.name!r} learnt from dataset "
+            f"{generator.dataset!r} ({generator.source}), expected the ablation's real dataset {real.name!r}: its "
+            f"training cases cannot be checked against that test split")
+    test_seen = sorted(set(generator.train_cases) & set(plan.test_ids))
+    if test_seen:
+        raise LeakError(
+            f"configuration {plan.name}: the generator of synthetic dataset {synthetic.name!r} learnt from test-split "
+            f"cases {test_seen[:5]} ({generator.source}); expected train-split cases only")
+    outside = sorted(set(generator.train_cases) - set(plan.real_pool))
+    if outside and plan.n_synthetic:
+        raise LeakError(
+            f"configuration {plan.name}: the generator of synthetic dataset {synthetic.name!r} learnt from "
+            f"{len(outside)} real cases outside the configuration's {len(plan.real_pool)}-case real subset "
+            f"(e.g. {outside[:5]}; {generator.source}): train one generator on that subset (the pipeline does this "
+            f"for `ablation.real_fractions`) or use real_fraction 1")
+
+
+def check_no_leak(plan: MixPlan, real: Dataset, synthetic: Dataset | None,
+                  generator: GeneratorRecord | None = None) -> None:
+    """Raise LeakError if any training case is a test case or derives from one, or if the synthetic
+    set's generator learnt from a test case or outside the real subset (checked on the manifests)."""
     rsplit = dict(zip(real.manifest["case_id"], real.manifest["split"], strict=True))
     test = set(plan.test_ids)
     bad = [c for c in plan.real_ids if c in test or rsplit.get(c) != "train"]
     if bad:
         raise LeakError(f"configuration {plan.name}: real training cases in the test split: {bad[:5]}")
+    outside = sorted(set(plan.real_ids) - set(plan.real_pool)) if plan.real_pool else []
+    if outside:
+        raise LeakError(f"configuration {plan.name}: real training cases outside its real subset: {outside[:5]}")
     if plan.synthetic_ids:
         if synthetic is None:
             raise LeakError(f"configuration {plan.name}: synthetic cases listed but no synthetic dataset")
         m = synthetic.manifest.set_index("case_id")
+        pool = set(plan.real_pool) if plan.real_pool else None
         for c in plan.synthetic_ids:
             if c not in m.index:
                 raise LeakError(f"configuration {plan.name}: synthetic case {c} not in dataset {synthetic.name!r}")
@@ -149,6 +303,10 @@ def check_no_leak(plan: MixPlan, real: Dataset, synthetic: Dataset | None) -> No
                     f"configuration {plan.name}: synthetic case {c} derives from real case {src!r} "
                     f"(split {rsplit.get(src)!r}, synthetic split {row['split']!r}): expected a train-split source"
                 )
+            if pool is not None and src not in pool:
+                raise LeakError(f"configuration {plan.name}: synthetic case {c} derives from real case {src!r}, "
+                                f"outside the configuration's real subset")
+        check_generator(plan, real, synthetic, generator)
 
 
 @dataclass
@@ -167,13 +325,13 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name)
 
 
-def nnunet_name(ablation: str, plan: MixPlan) -> str:
-    return sanitize(f"{ablation}_{plan.name}")
+@dataclass(frozen=True)
+class NnunetData:
+    """The ablation's one nnU-Net dataset: planned on the real cases once, one fold per configuration."""
 
-
-def reserve_ids(workspace: str | Path, ablation: str, plans: list[MixPlan]) -> dict[str, int]:
-    """nnU-Net dataset ids for every configuration, reserved before the fan-out."""
-    return reserve_dataset_ids(Path(workspace).resolve() / "nnunet" / "raw", [nnunet_name(ablation, p) for p in plans])
+    dataset_id: int
+    folds: dict[str, int]
+    root: str
 
 
 def mix_cases(plan: MixPlan, real: Dataset, synthetic: Dataset | None) -> tuple[list[ExportCase], list[ExportCase]]:
@@ -184,30 +342,138 @@ def mix_cases(plan: MixPlan, real: Dataset, synthetic: Dataset | None) -> tuple[
     return train, test
 
 
+def _assign_folds(pre: Path, plans: list[MixPlan]) -> dict[str, int]:
+    """One ``splits_final.json`` fold per configuration, stable across re-runs.
+
+    A configuration keeps its fold while its training cases are unchanged; a changed one gets a
+    new fold, so a trained fold never stands for another case list. nnU-Net's own validation
+    inside a fold uses the fold's training cases (as its ``all`` fold does): no case is held out
+    of what the configuration says it trains on.
+    """
+    reg_file = pre / "gliosynth_folds.json"
+    entries: list[dict[str, Any]] = json.loads(reg_file.read_text()) if reg_file.is_file() else []
+    folds = {}
+    for plan in plans:
+        train = list(plan.train_ids)
+        idx = next((i for i, e in enumerate(entries) if e["name"] == plan.name and e["train"] == train), None)
+        if idx is None:
+            entries.append({"name": plan.name, "train": train})
+            idx = len(entries) - 1
+        folds[plan.name] = idx
+    write_json_atomic(pre / "splits_final.json", [{"train": e["train"], "val": e["train"]} for e in entries])
+    write_json_atomic(reg_file, entries)
+    return folds
+
+
+def prepare_nnunet(workspace: str | Path, ablation: str, plans: list[MixPlan], real: Dataset,
+                   synthetic: Dataset | None, schedule: NnunetSchedule) -> NnunetData:
+    """Export, plan and preprocess the ablation's cases for nnU-Net once, for every configuration.
+
+    The real training cases are fingerprinted, planned and preprocessed (nnU-Net's integrity check
+    included) and the plans are reused by every configuration; the synthetic cases any
+    configuration uses are then preprocessed with those plans. Planning sees real cases only, so
+    every ratio trains with the same plans. Each configuration is one fold of
+    ``splits_final.json`` listing exactly its cases. A re-run with the same real cases skips the
+    planning; one with other real cases plans again.
+    """
+    from components.segmentation.nnunet import plan_and_preprocess, preprocess_cases
+
+    ws = Path(workspace).resolve()
+    root = ws / "nnunet"
+    raw_root = root / "raw"
+    name = sanitize(ablation)
+    did = reserve_dataset_ids(raw_root, [name])[name]
+    real_ids = sorted({c for p in plans for c in p.real_ids} | {c for p in plans for c in p.real_pool})
+    syn_ids = sorted({c for p in plans for c in p.synthetic_ids})
+    if set(real_ids) & set(syn_ids):
+        raise AblationError(f"case ids {sorted(set(real_ids) & set(syn_ids))[:5]} are in both the real and the "
+                            f"synthetic dataset: nnU-Net needs one id per case")
+    real_cases = {c.case_id: c for c in cases_from_dataset(real, ("train",))}
+    syn_cases = {c.case_id: c for c in cases_from_dataset(synthetic, ("train",))} if synthetic is not None else {}
+    pre = root / "preprocessed" / f"Dataset{did:03d}_{name}"
+    stamp = {"real_dataset": real.name, "real_manifest_sha256": real.manifest_digest, "real_ids": real_ids,
+             "configuration": schedule.configuration}
+    stamp_file = pre / "gliosynth_plan.json"
+    extra = {"gliosynth_ablation": ablation, "gliosynth_real": real.name}
+    planned = stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+    if not planned:
+        t0 = time.perf_counter()
+        export_nnunet([real_cases[c] for c in real_ids], raw_root, name, real.label_scheme, did, extra=extra)
+        for f in ("gliosynth_folds.json", "splits_final.json"):
+            (pre / f).unlink(missing_ok=True)
+        plan_and_preprocess(root, did, schedule, verify=True)
+        write_json_atomic(stamp_file, stamp)
+        log.info("ablation %s: planned and preprocessed %d real cases once for every configuration (%.1f s)",
+                 ablation, len(real_ids), time.perf_counter() - t0)
+    else:
+        log.info("ablation %s: nnU-Net plans of the same %d real cases reused", ablation, len(real_ids))
+    syn_stamp_file = pre / "gliosynth_synthetic.json"
+    old = json.loads(syn_stamp_file.read_text()) if syn_stamp_file.is_file() else {}
+    syn_digest = synthetic.manifest_digest if synthetic is not None else ""
+    if old.get("digest") != syn_digest:  # another synthetic set under the same ids: drop its preprocessed cases
+        data_dir = pre / schedule_data_identifier(pre, schedule)
+        for cid in old.get("ids", []):
+            for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+                (data_dir / f"{cid}{suffix}").unlink(missing_ok=True)
+    if syn_ids:
+        export_nnunet([real_cases[c] for c in real_ids] + [syn_cases[c] for c in syn_ids], raw_root, name,
+                      real.label_scheme, did, extra=extra)
+        preprocess_cases(root, did, schedule, syn_ids)
+    write_json_atomic(syn_stamp_file, {"digest": syn_digest, "ids": sorted(set(syn_ids) | set(old.get("ids", [])))
+                                       if old.get("digest") == syn_digest else syn_ids})
+    return NnunetData(dataset_id=did, folds=_assign_folds(pre, plans), root=str(root))
+
+
+def schedule_data_identifier(pre: Path, schedule: NnunetSchedule) -> str:
+    """The folder nnU-Net preprocesses the schedule's configuration into (from its plans)."""
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    conf = plans["configurations"][schedule.configuration]
+    return str(conf.get("data_identifier", f"nnUNetPlans_{schedule.configuration}"))
+
+
+def seed_params(schedule: NnunetSchedule) -> dict[str, Any]:
+    """What a seed means under this schedule, for the run's params."""
+    if schedule.reproducible:
+        return {"seed_reproducible": True,
+                "seed_note": "replay: augmentation in-process and seeded on the CPU, the same seed gives the same model"}
+    return {"seed_reproducible": False,
+            "seed_note": "repeat: nnU-Net's background augmentation workers are not seeded (and GPU kernels are not "
+                         "deterministic), so a seed labels an independent repeat, not a reproducible run"}
+
+
 def run_configuration(
     workspace: str | Path, ablation: str, plan: MixPlan, real: Dataset, synthetic: Dataset | None,
-    cfg: AblationConfig, parent_run_id: str, extra_metrics: dict[str, float] | None = None,
+    cfg: AblationConfig, parent_run_id: str, data: NnunetData, generator: GeneratorRecord | None = None,
 ) -> ConfigResult:
-    """Export the mix, train nnU-Net, predict the real test split, score, log one MLflow child run.
+    """Train nnU-Net on the configuration's fold, predict the real test split, score, log one MLflow child run.
 
-    A failure is recorded (FAILED run, status 'failed') and returned, never raised: the other
-    configurations go on.
+    The training cases nnU-Net read are checked against the plan after training and their counts
+    logged. A failure is recorded (FAILED run, status 'failed') and returned, never raised: the
+    other configurations go on.
     """
     from components.metrics.segmentation import SegmentationEvalConfig, evaluate_pairs
-    from components.segmentation.nnunet import SCHEDULES, plan_and_preprocess, predict, train
+    from components.segmentation.nnunet import SCHEDULES, predict, resolve_device, train
     from components.tracking import PHANTOM_NOTE, finite_metrics, start_run
 
     ws = Path(workspace).resolve()
     schedule = SCHEDULES[cfg.schedule]
+    fold = data.folds[plan.name]
     params = {
-        "config": plan.name, "n_real": plan.n_real, "n_synthetic": plan.n_synthetic, "ratio": plan.ratio,
+        "config": plan.name, "ratio": plan.ratio, "requested_synthetic": plan.requested_synthetic,
         "seed": plan.seed, "synthetic_only": plan.synthetic_only, "real_fraction": cfg.real_fraction,
+        "real_subset_size": len(plan.real_pool), "subset_seed": cfg.subset_seed,
         "high_quality": cfg.high_quality, "n_test": len(plan.test_ids), "schedule": cfg.schedule,
+        "nnunet_configuration": schedule.configuration, "nnunet_dataset_id": data.dataset_id, "nnunet_fold": fold,
+        "device": str(resolve_device(schedule.device)),
         "real_dataset": real.name, "real_manifest_sha256": real.manifest_digest,
         "synthetic_dataset": synthetic.name if synthetic is not None else "",
         "synthetic_manifest_sha256": synthetic.manifest_digest if synthetic is not None else "",
-        "requested_synthetic": plan.requested_synthetic,
+        "generator_train_cases": len(generator.train_cases) if generator is not None else 0,
+        **seed_params(schedule),
     }
+    for k in ("subset_of", "subset_fraction", "subset_seed"):
+        if k in real.info:
+            params[f"real_{k}"] = real.info[k]
     out_dir = ws / "ablations" / ablation / plan.name
     result = ConfigResult(name=plan.name, status="running", params=params)
     t0 = time.perf_counter()
@@ -218,21 +484,22 @@ def run_configuration(
         with start_run(ws, cfg.experiment, plan.name, parent_run_id=parent_run_id, tags=tags) as run:
             result.run_id = run.run_id
             run.log_params(params)
-            check_no_leak(plan, real, synthetic)
-            train_cases, test_cases = mix_cases(plan, real, synthetic)
-            if not train_cases:
-                raise ValueError(f"configuration {plan.name}: no training case")
-            raw_root = ws / "nnunet" / "raw"
-            ds_name = nnunet_name(ablation, plan)
-            folder = export_nnunet(
-                train_cases, raw_root, ds_name, real.label_scheme, reserve_dataset_ids(raw_root, [ds_name])[ds_name],
-                extra={"gliosynth_ablation": ablation, "gliosynth_config": plan.name},
-            )
-            did = int(folder.name[len("Dataset"):len("Dataset") + 3])
-            plan_and_preprocess(ws / "nnunet", did, schedule, verify=True)
-            model_dir = train(ws / "nnunet", did, schedule, seed=plan.seed)
-            preds = predict(model_dir, {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")]
-                                        for c in test_cases}, out_dir / "predictions", schedule)
+            check_no_leak(plan, real, synthetic, generator)
+            _, test_cases = mix_cases(plan, real, synthetic)
+            if not plan.train_ids:
+                raise AblationError(f"configuration {plan.name}: no training case")
+            trained = train(data.root, data.dataset_id, schedule, fold=fold, seed=plan.seed)
+            if trained.train_keys != plan.train_ids:
+                extra = sorted(set(trained.train_keys) - set(plan.train_ids))
+                lost = sorted(set(plan.train_ids) - set(trained.train_keys))
+                raise AblationError(f"configuration {plan.name}: nnU-Net fold {fold} trained on other cases than "
+                                    f"planned (extra {extra[:5]}, missing {lost[:5]})")
+            used = set(trained.train_keys)
+            counts = {"n_real": len(used & set(plan.real_ids)), "n_synthetic": len(used & set(plan.synthetic_ids))}
+            run.log_params(counts)
+            result.params.update(counts)
+            preds = predict(trained.model_dir, {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")]
+                                                for c in test_cases}, out_dir / "predictions", schedule, fold=fold)
             report = evaluate_pairs(
                 [(c.case_id, preds[c.case_id], c.files["seg"]) for c in test_cases],
                 SegmentationEvalConfig.from_preset(real.label_scheme.name, cfg.preset),
@@ -244,13 +511,15 @@ def run_configuration(
             report.table.to_csv(per_case, index=False)
             result.per_case_csv = str(per_case)
             metrics = segmentation_metric_means(report.table)
-            metrics.update(extra_metrics or {})
             result.metrics = metrics
             run.log_metrics(finite_metrics(metrics))
             run.log_artifact(per_case)
-            montage = prediction_montage(test_cases[: cfg.montage_cases], preds, out_dir / "predictions.png", plan.name)
-            run.log_artifact(montage)
-            (out_dir / "mix.json").write_text(json.dumps(plan.to_dict(), indent=1))
+            if cfg.montage_cases:
+                montage = prediction_montage(test_cases[: cfg.montage_cases], preds, out_dir / "predictions.png",
+                                             plan.name)
+                run.log_artifact(montage)
+            write_json_atomic(out_dir / "mix.json", {**plan.to_dict(), "nnunet_fold": fold,
+                                                     "nnunet_train_keys": list(trained.train_keys)})
             run.log_artifact(out_dir / "mix.json")
         result.status = "ok"
     except Exception as err:  # one failed configuration never stops the ablation
@@ -291,17 +560,57 @@ def prediction_montage(cases: list[ExportCase], preds: dict[str, Path], out: Pat
     return render_montage(items, out, title=f"{title}: truth vs prediction (FLAIR)")
 
 
-def summary_table(results: list[ConfigResult]) -> pd.DataFrame:
+def per_case_table(results: list[ConfigResult]) -> pd.DataFrame:
+    """Every scored configuration's per-case scores, with its ratio, seed and variant."""
+    parts = []
+    for r in results:
+        if r.status != "ok" or not r.per_case_csv:
+            continue
+        t = pd.read_csv(r.per_case_csv)
+        t.insert(0, "config", r.name)
+        t.insert(1, "ratio", float(r.params["ratio"]))
+        t.insert(2, "seed", int(r.params["seed"]))
+        t.insert(3, "synthetic_only", bool(r.params["synthetic_only"]))
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["config", "ratio", "seed", "synthetic_only", "case_id", "region", "dice", "hd95"])
+
+
+def summary_table(results: list[ConfigResult], effects: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per configuration; with ``effects``, each row also carries its ratio's seed-mean scores and
+    paired differences to the real-only baseline (``delta_*`` with ``_ci_low``/``_ci_high``/``_p``)."""
     rows = []
     for r in results:
         rows.append({"config": r.name, "status": r.status, **{k: r.params.get(k) for k in
                      ("ratio", "seed", "n_real", "n_synthetic", "synthetic_only")}, **r.metrics,
                      "seconds": round(r.seconds, 1), "error": r.error, "run_id": r.run_id})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if effects is not None and not effects.empty and not table.empty:
+        eff = effects.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds") if c in effects])
+        eff = eff.rename(columns={c: f"{c}_seed_mean" for c in eff.columns
+                                  if not c.startswith("delta_") and c not in ("ratio", "synthetic_only")})
+        table["ratio"] = table["ratio"].astype(float)
+        table["synthetic_only"] = table["synthetic_only"].astype(bool)
+        table = table.merge(eff, on=["ratio", "synthetic_only"], how="left")
+    return table
 
 
-def dice_vs_ratio_plot(table: pd.DataFrame, out: Path, title: str = "") -> Path:
-    """Mean Dice per region against ratio; error bars: std over seeds (or over test cases for one seed)."""
+def effect_metrics(effects: pd.DataFrame) -> dict[str, float]:
+    """The effect table as flat MLflow metrics: ``effect_r<ratio>[_synonly]_<column>``."""
+    out = {}
+    for _, row in effects.iterrows():
+        tag = f"r{row['ratio']:g}".replace(".", "p") + ("_synonly" if row["synthetic_only"] else "")
+        for col, v in row.items():
+            if col in ("ratio", "synthetic_only") or not isinstance(v, (int, float, np.floating, np.integer)):
+                continue
+            if np.isfinite(v):
+                out[f"effect_{tag}_{col}"] = float(v)
+    return out
+
+
+def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Path:
+    """Left: mean Dice per region against ratio, 95 % bootstrap interval over test cases (seed-averaged).
+    Right: paired difference to the real-only baseline with its 95 % interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,32 +618,35 @@ def dice_vs_ratio_plot(table: pd.DataFrame, out: Path, title: str = "") -> Path:
 
     from components.io import atomic_path
 
-    ok = table[table["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    regions = [c[len("dice_"):] for c in ok.columns
-               if c.startswith("dice_") and c != "dice_mean" and not c.endswith("_std")]
-    n_seeds = ok["seed"].nunique() if len(ok) else 0
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(10, 4))
+    regions = [c[len("delta_dice_"):] for c in effects.columns
+               if c.startswith("delta_dice_") and not c.endswith(("_ci_low", "_ci_high", "_p"))]
+    n_seeds = int(effects["n_seeds"].max()) if len(effects) else 0
+    n_cases = int(effects["n_cases"].max()) if len(effects) else 0
     for syn_only, style in ((False, "-o"), (True, "--s")):
-        part = ok[ok["synthetic_only"] == syn_only]
+        part = effects[effects["synthetic_only"] == syn_only].sort_values("ratio")
         if part.empty:
             continue
         for region in regions:
-            g = part.groupby("ratio")
-            mean = g[f"dice_{region}"].mean()
-            # Several seeds: spread over seeds. One seed: spread over the test cases.
-            std = g[f"dice_{region}"].std(ddof=0) if n_seeds > 1 else g[f"dice_{region}_std"].mean()
             label = f"{region}{' (synthetic only)' if syn_only else ''}"
-            ax.errorbar(mean.index, mean.values, yerr=std.fillna(0.0).values, fmt=style, capsize=3, label=label)
-    ax.set_xlabel("synthetic cases per real training case")
+            for axis, col in ((ax, f"dice_{region}"), (axd, f"delta_dice_{region}")):
+                y = part[col].to_numpy(dtype=float)
+                lo = np.nan_to_num(y - part[f"{col}_ci_low"].to_numpy(dtype=float), nan=0.0)
+                hi = np.nan_to_num(part[f"{col}_ci_high"].to_numpy(dtype=float) - y, nan=0.0)
+                axis.errorbar(part["ratio"], y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt=style, capsize=3,
+                              label=label)
     ax.set_ylabel("Dice on held-out real test cases")
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    spread = f"std over {n_seeds} seeds" if n_seeds > 1 else "std over test cases (one seed)"
-    ax.set_title((title + "\n" if title else "") + f"error bars: {spread}", fontsize=9)
+    axd.axhline(0.0, color="k", lw=0.8)
+    axd.set_ylabel("paired difference to ratio 0 (Dice)")
+    for axis in (ax, axd):
+        axis.set_xlabel("synthetic cases per real training case")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle((title + "\n" if title else "") + f"mean over {n_seeds} seed(s), {n_cases} test cases; "
+                 "error bars: 95 % bootstrap interval over test cases", fontsize=9)
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out
-

@@ -227,8 +227,11 @@ def export_dataset_nnunet(ds: Dataset, raw_root: str | os.PathLike, name: str | 
     train = cases_from_dataset(ds, ("train",))
     test = cases_from_dataset(ds, ("test",))
     if not train:
-        # e.g. a synthetic set made only from test masks: export what there is as training images
-        train, test = test, []
+        # Cases of (or derived from) the test split are never training data, not even when that is all there is.
+        raise ExportError(
+            f"dataset {ds.name!r} ({ds.root / 'manifest.parquet'}): expected train-split cases for imagesTr, found "
+            f"none ({len(test)} test-split cases{', derived from test-split masks' if ds.info.get('kind') == 'synthetic' else ''}); "
+            f"they are never exported as nnU-Net training data")
     return export_nnunet(
         train, raw_root, name or re.sub(r"[^A-Za-z0-9_-]", "_", ds.name), ds.label_scheme, dataset_id, test,
         extra={"gliosynth_source": ds.name, "gliosynth_kind": ds.info.get("kind"),

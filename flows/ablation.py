@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.ablation import AblationConfig, plan_mixes, reserve_ids
-from data_catalog import open_dataset
-from tasks.ablation import configuration_task, export_task, parent_run_task, summary_task
+from components.ablation import AblationConfig, MixPlan, check_no_leak, generator_record, plan_mixes
+from data_catalog import Dataset, open_dataset
+from tasks.ablation import configuration_task, export_task, parent_run_task, prepare_nnunet_task, summary_task
 
 
 class ExportParams(BaseModel):
@@ -28,8 +28,9 @@ class AblationParams(BaseModel):
     real: str
     synthetic: str | None = None
     config: AblationConfig = AblationConfig()
-    extra_metrics: dict[str, float] = Field(default_factory=dict,
-                                            description="metrics logged with every configuration (e.g. FID)")
+    synthesis_metrics: dict[str, float] = Field(
+        default_factory=dict, description="scores of the synthetic set (FID, KID, ... with their real-vs-real "
+        "floors), logged once on the parent run")
 
 
 @flow(name="export")
@@ -44,23 +45,37 @@ def export_flow(params: ExportParams) -> str:
     return out
 
 
+def check_ablation(params: AblationParams) -> tuple[Dataset, Dataset | None, list[MixPlan]]:
+    """Everything that can be checked before anything trains: the datasets exist, the grid fits the
+    data, and no configuration's cases or generator touch the test split (AblationError otherwise).
+    Plain Python, so the command line runs it before Prefect starts."""
+    ws = str(Path(params.workspace).resolve())
+    real = open_dataset(ws, params.real)
+    syn = open_dataset(ws, params.synthetic) if params.synthetic else None
+    mixes = plan_mixes(real, syn, params.config)
+    generator = generator_record(ws, syn) if syn is not None else None
+    for m in mixes:
+        check_no_leak(m, real, syn, generator)
+    return real, syn, mixes
+
+
 # One configuration at a time by default: nnU-Net already uses every core. Pass another task runner
 # (more threads, or prefect-dask's DaskTaskRunner on a cluster) with ablation_flow.with_options.
 @flow(name="ablation", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def ablation_flow(params: AblationParams) -> dict:
     logger = get_run_logger()
     ws = str(Path(params.workspace).resolve())
-    real = open_dataset(ws, params.real)
-    syn = open_dataset(ws, params.synthetic) if params.synthetic else None
-    mixes = plan_mixes(real, syn, params.config)
-    reserve_ids(ws, params.name, mixes)  # before the fan-out: parallel configurations never share an id
+    real, syn, mixes = check_ablation(params)
     plans = [p.to_dict() for p in mixes]
+    logger.info("ablation %s: %d configurations (%s) on %d real training cases, %d test cases", params.name,
+                len(plans), ", ".join(p.name for p in mixes), len(mixes[0].real_pool), len(mixes[0].test_ids))
     common = dict(workspace=ws, ablation=params.name, real=real.name, real_sha256=real.manifest_digest,
                   synthetic=syn.name if syn else None, synthetic_sha256=syn.manifest_digest if syn else None,
                   config=params.config)
-    parent = parent_run_task(plans=plans, **common)
-    futures = configuration_task.map(plan=plans, parent_run_id=unmapped(parent),
-                                     extra_metrics=unmapped(params.extra_metrics),
+    parent = parent_run_task(plans=plans, synthesis_metrics=params.synthesis_metrics, **common)
+    data = prepare_nnunet_task(workspace=ws, ablation=params.name, plans=plans, real=real.name,
+                               synthetic=syn.name if syn else None, config=params.config)
+    futures = configuration_task.map(plan=plans, parent_run_id=unmapped(parent), data=unmapped(data),
                                      **{k: unmapped(v) for k, v in common.items()})
     results = []
     for plan, fut in zip(plans, futures, strict=True):
@@ -75,11 +90,12 @@ def ablation_flow(params: AblationParams) -> dict:
                 "n_synthetic": len(plan["synthetic_ids"]), "synthetic_only": plan["synthetic_only"]},
                 "error": err})
     summary = summary_task(workspace=ws, ablation=params.name, config=params.config, parent_run_id=parent,
-                           results=results)
+                           results=results, phantom=real.info.get("kind") == "phantom")
     summary["parent_run_id"] = parent
     summary["n_ok"] = sum(r["status"] == "ok" for r in results)
     summary["n_failed"] = len(results) - summary["n_ok"]
     logger.info("ablation %s: %d configurations ok, %d failed; %s", params.name, summary["n_ok"],
                 summary["n_failed"], summary["summary_csv"])
+    logger.info("effect of synthetic cases (paired against ratio 0 on the same test cases):\n%s",
+                "\n".join(summary["effect_lines"]))
     return summary
-

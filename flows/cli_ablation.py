@@ -49,14 +49,18 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", default=None, help="synthetic dataset (needed for ratios above 0)")
     p.add_argument("--name", default="ablation", help="ablation name (MLflow parent run, output folder)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0],
-                   help="synthetic cases per real training case (default: 0 0.5 1 2)")
+                   help="synthetic cases per real training case, 0 included (the real-only baseline every effect "
+                   "is paired against; default: 0 0.5 1 2)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one configuration per ratio and seed (default: 0)")
     p.add_argument("--synthetic-only", action="store_true", help="also train on synthetic cases only (no real case)")
-    p.add_argument("--real-fraction", type=float, default=1.0, help="seeded fraction of real training cases to keep "
-                   "(the data-scarce case; default: 1)")
+    p.add_argument("--real-fraction", type=float, default=1.0, help="fraction of real training cases to keep (the "
+                   "data-scarce case; one subset for every seed; default: 1). The synthetic set's generator must have "
+                   "learnt from that subset only: the pipeline's `ablation.real_fractions` trains one per subset")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the real subset (default: 0)")
     p.add_argument("--high-quality", action="store_true", help="take synthetic cases by descending quality score")
     p.add_argument("--schedule", default="cpu-demo", choices=["tiny", "cpu-demo", "full"],
-                   help="nnU-Net schedule: tiny (tests), cpu-demo (2 epochs x 8 iterations, CPU) or full (nnU-Net default, GPU)")
+                   help="nnU-Net schedule: tiny (tests), cpu-demo (2d, 5 epochs x 50 iterations, CPU) or full "
+                   "(nnU-Net's 3d_fullres default, GPU)")
     p.add_argument("--preset", default="brats2023", choices=["brats2023", "brats2024"], help="lesion-wise preset")
     p.add_argument("--experiment", default="gliosynth-ablation", help="MLflow experiment name")
     p.add_argument("--task-runner", default="threads", choices=["threads", "dask"],
@@ -69,26 +73,42 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ablation(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from components.ablation import AblationConfig
-    from flows.ablation import AblationParams, ablation_flow
+    from flows.ablation import AblationParams, ablation_flow, check_ablation
     from flows.runners import RunnerConfig, make_task_runner
 
-    cfg = AblationConfig(ratios=tuple(a.ratios), seeds=tuple(a.seeds), synthetic_only=a.synthetic_only,
-                         real_fraction=a.real_fraction, high_quality=a.high_quality, schedule=a.schedule,
-                         preset=a.preset, experiment=a.experiment)
+    try:
+        cfg = AblationConfig(ratios=tuple(a.ratios), seeds=tuple(a.seeds), synthetic_only=a.synthetic_only,
+                             real_fraction=a.real_fraction, subset_seed=a.subset_seed, high_quality=a.high_quality,
+                             schedule=a.schedule, preset=a.preset, experiment=a.experiment)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ValueError(f"ablation option --{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None
+    params = AblationParams(workspace=a.workspace, name=a.name, real=a.real, synthetic=a.synthetic, config=cfg)
+    check_ablation(params)  # before Prefect starts: a grid the data cannot fill fails in one sentence
     runner = make_task_runner(RunnerConfig(kind=a.task_runner, max_parallel=a.max_parallel,
                                            dask_address=a.dask_address))
-    out = ablation_flow.with_options(task_runner=runner)(AblationParams(workspace=a.workspace, name=a.name, real=a.real, synthetic=a.synthetic,
-                                       config=cfg))
+    out = ablation_flow.with_options(task_runner=runner)(params)
+    print_ablation_result(out)
+    return 0 if out["n_ok"] > 0 else 1
+
+
+def print_ablation_result(out: dict) -> None:
+    """The effect table first (what the ablation answers), then where everything else is."""
     import pandas as pd
 
     table = pd.DataFrame(out["table"])
-    cols = [c for c in ("config", "status", "ratio", "n_real", "n_synthetic", "dice_WT", "dice_TC", "dice_ET",
-                        "hd95_WT_mm", "hd95_TC_mm", "hd95_ET_mm") if c in table]
+    cols = [c for c in ("config", "status", "ratio", "seed", "n_real", "n_synthetic", "dice_WT", "dice_TC",
+                        "dice_ET") if c in table]
+    print("configurations:")
     print(table[cols].to_string(index=False))
-    print(f"summary: {out['summary_csv']}\nplot: {out['plot']}\nMLflow parent run: {out['parent_run_id']} "
-          f"(make dashboard)")
-    return 0 if out["n_ok"] > 0 else 1
+    print("\neffect of synthetic cases: paired difference to ratio 0 on the same test cases, mean over seeds, "
+          "95 % bootstrap interval, Wilcoxon p:")
+    print("\n".join(out["effect_lines"]))
+    print(f"\neffect table: {out['effect_csv']}\nsummary: {out['summary_csv']}\nplot: {out['plot']}\n"
+          f"MLflow parent run: {out['parent_run_id']} (make dashboard)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -80,8 +80,11 @@ def _add_evaluate_synthesis(sub: argparse._SubParsersAction) -> None:
         "percentile-normalised, slices capped and subsampled with the seed), a Frechet distance on a fixed-seed random "
         "3-D network (internal score), MS-SSIM 3-D fidelity (synthetic vs the real case whose mask it used, when the "
         "masks are identical) and diversity (random synthetic pairs; same mask with different seeds) beside the "
-        "real-vs-real value, and PSNR/SSIM inside the brain for paired cases. Every value is written with its "
-        "extractor and sample counts (JSON + CSV).",
+        "real-vs-real value, and PSNR/SSIM inside the brain for paired cases. The real side is the real dataset's "
+        "test split by default (the held-out cases). FID, KID and FD depend on the sample size: each comes with a "
+        "real-vs-real floor (<metric>_floor: real cases outside the split against the same real cases, at the "
+        "synthetic set's exact N of slices or volumes), NaN when the split leaves too few real cases outside it. "
+        "Every value is written with its extractor and sample counts (JSON + CSV).",
     )
     p.add_argument("--real", required=True, metavar="NAME", help="real (or phantom) dataset name in the workspace catalog")
     p.add_argument("--synthetic", required=True, metavar="NAME", help="synthetic dataset name in the workspace catalog")
@@ -92,7 +95,9 @@ def _add_evaluate_synthesis(sub: argparse._SubParsersAction) -> None:
                    help="2-D slices per modality and dataset for FID/KID, a third per plane; about 0.1 s each on "
                         "2 CPU cores, raise it on a GPU (default: 36)")
     p.add_argument("--max-cases", type=int, default=None, help="cap on cases per dataset, sampled with the seed (default: all)")
-    p.add_argument("--real-split", default=None, choices=["train", "test"], help="use only this split of the real dataset (default: all ok cases)")
+    p.add_argument("--real-split", default="test", choices=["test", "train", "all"],
+                   help="split of the real dataset to score against; the floors use the real cases outside it "
+                        "(default: test, the held-out cases)")
     p.add_argument("--msssim-pairs", type=int, default=8, help="random pairs per MS-SSIM diversity / real-real estimate (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of all sampling (slices, pairs, KID subsets) (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -113,11 +118,13 @@ def _run_evaluate_synthesis(a: argparse.Namespace) -> int:
     out = evaluate_synthesis_flow(
         SynthesisEvalParams(real=a.real, synthetic=a.synthetic, out=a.out, workspace=a.workspace, config=cfg)
     )
-    print(f"{a.synthetic} vs {a.real}: metric, value (std) [n_real / n_synthetic] extractor")
+    print(f"{a.synthetic} vs {a.real} (split {out['info']['real_split']}, {out['info']['n_real_cases']} cases): "
+          "metric, value (std) [n_real / n_synthetic] extractor")
     for r in out["rows"]:
         std = "" if r["std"] is None or math.isnan(r["std"]) else f" ({r['std']:.4g})"
         value = "nan" if math.isnan(r["value"]) else f"{r['value']:.4g}"
-        print(f"  {r['metric']:<32} {value}{std} [{r['n_real']} / {r['n_synthetic']}] {r['extractor']}")
+        n_other = f"{r.get('n_slices') or r.get('n_volumes')} real ref" if r["metric"].endswith("_floor") else r["n_synthetic"]
+        print(f"  {r['metric']:<32} {value}{std} [{r['n_real']} / {n_other}] {r['extractor']}")
     print(f"report: {out['json']} and {out['csv']} ({out['info']['seconds']:.1f} s)")
     return 0
 

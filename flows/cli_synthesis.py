@@ -55,12 +55,14 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="trained model name (under <workspace>/models/)")
     p.add_argument("--masks", required=True, help="masks dataset, or a real/phantom dataset used for its segs")
     p.add_argument("--name", required=True, help="name of the synthetic dataset to write")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
-                   help="ddim (default, eta 0) or ddpm (the full-length ancestral reference, T steps)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None,
+                   help="ddim or ddpm (the full-length ancestral reference, T steps); default: the model profile's "
+                        "(sample.sampler in its config.json)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (DDIM; default: the model profile's)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise weight (default: 0, deterministic)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM noise weight, 0 (deterministic) to 1; default: the model profile's")
     p.add_argument("--seed", type=int, default=0, help="run seed; each case's seed is recorded in the manifest")
-    p.add_argument("--batch", type=int, default=1, help="volumes sampled together (default: 1)")
+    p.add_argument("--batch", type=int, default=None, help="volumes sampled together (default: the model profile's)")
     p.add_argument("--samples-per-mask", type=int, default=1, help="synthetic cases per mask (default: 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when available")
     p.add_argument("--montage-cases", type=int, default=2,

@@ -99,11 +99,13 @@ def gz_roundtrip_equal(a: Path, b: Path) -> bool:
     return gzip.decompress(a.read_bytes()) == gzip.decompress(b.read_bytes())
 
 
-def write_real_and_synthetic(ws: Path, n_real: int = 6, per_case: int = 2, shape=(32, 32, 24), test_fraction=0.34):
+def write_real_and_synthetic(ws: Path, n_real: int = 6, per_case: int = 2, shape=(32, 32, 24), test_fraction=0.34,
+                             generator_cases: list[str] | None = None, syn_name: str = "syn"):
     """A small 'real' dataset (ingested, with a fixed split) and a 'synthetic' one derived from every real case.
 
     Synthetic cases inherit their source's split, as the synthesizer's do; the ablation must keep
-    the ones derived from test cases out of training.
+    the ones derived from test cases out of training. The synthetic set records its generator's
+    training cases as the synthesizer does: ``generator_cases``, by default the real train split.
     """
     import pandas as pd
 
@@ -123,10 +125,11 @@ def write_real_and_synthetic(ws: Path, n_real: int = 6, per_case: int = 2, shape
             img = base * (1 + 0.2 * k) + 40.0 * (seg > 0) * (k + 1) + 5 * rng.standard_normal(shape)
             save(d / f"{cid}-{m}.nii.gz", img.astype(np.float32), aff)
         save(d / f"{cid}-seg.nii.gz", seg, aff, dtype=np.uint8)
-    ingest(src, ws, "real", IngestConfig(test_fraction=test_fraction, workers=1), progress=False)
+    if not (ws / "datasets" / "real" / "dataset.json").is_file():
+        ingest(src, ws, "real", IngestConfig(test_fraction=test_fraction, workers=1), progress=False)
     real = open_dataset(ws, "real")
     rows = []
-    root = ws / "datasets" / "syn"
+    root = ws / "datasets" / syn_name
     for _, r in real.ok_cases().iterrows():
         for k in range(per_case):
             cid = f"syn-{r['case_id']}-{k}"
@@ -146,8 +149,10 @@ def write_real_and_synthetic(ws: Path, n_real: int = 6, per_case: int = 2, shape
             rows.append(row)
     m = pd.DataFrame(rows)
     m["seed"] = m["seed"].astype("Int64")
-    register_dataset(ws, "syn", kind="synthetic", label_scheme="brats2023", manifest=m)
-    return real, open_dataset(ws, "syn")
+    gen = list(real.ok_cases("train")["case_id"]) if generator_cases is None else list(generator_cases)
+    register_dataset(ws, syn_name, kind="synthetic", label_scheme="brats2023", manifest=m,
+                     extra={"generator_dataset": "real", "generator_train_cases": gen})
+    return real, open_dataset(ws, syn_name)
 
 
 # --------------------------------------------------------------------------- catalogued datasets (synthesis tests)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.ablation import AblationConfig, LeakError, MixPlan, check_no_leak, plan_mixes
+from components.ablation import AblationConfig, LeakError, MixPlan, check_no_leak, generator_record, plan_mixes
 from components.export import export_brats, export_dataset_nnunet, verify_nnunet_dataset
 from tests import builders as b
 
@@ -28,21 +28,22 @@ def test_fixture_has_test_cases_with_synthetic_descendants(real_syn):
 
 
 def test_no_synthetic_case_from_a_test_mask_reaches_training(real_syn):
-    _, real, syn = real_syn
+    ws, real, syn = real_syn
     test_ids = set(real.ok_cases("test")["case_id"])
     src = dict(zip(syn.manifest["case_id"], syn.manifest["source_case"], strict=True))
-    plans = plan_mixes(real, syn, AblationConfig(ratios=(0, 1, 2, 5), seeds=(0, 1), synthetic_only=True))
+    gen = generator_record(ws, syn)
+    plans = plan_mixes(real, syn, AblationConfig(ratios=(0, 1, 2), seeds=(0, 1), synthetic_only=True))
     for p in plans:
         assert not set(p.real_ids) & test_ids
         assert all(src[c] not in test_ids for c in p.synthetic_ids), p.name
         assert set(p.test_ids) == test_ids
-        check_no_leak(p, real, syn)
+        check_no_leak(p, real, syn, gen)
     # A hand-made plan that smuggles one test-derived case in is refused.
     leaky = next(c for c, s in src.items() if s in test_ids)
     p = plans[1]
     bad = MixPlan(**{**p.to_dict(), "synthetic_ids": (*p.synthetic_ids, leaky)})
     with pytest.raises(LeakError, match=leaky):
-        check_no_leak(bad, real, syn)
+        check_no_leak(bad, real, syn, gen)
 
 
 def test_mixes_are_seeded_and_nested_across_ratios(real_syn):
@@ -60,9 +61,9 @@ def test_mixes_are_seeded_and_nested_across_ratios(real_syn):
 
 def test_high_quality_takes_the_best_scores(real_syn):
     _, real, syn = real_syn
-    plans = plan_mixes(real, syn, AblationConfig(ratios=(1,), high_quality=True))
+    plans = plan_mixes(real, syn, AblationConfig(ratios=(0, 1), high_quality=True))
     q = syn.manifest.set_index("case_id")["quality_score"]
-    chosen = plans[0].synthetic_ids
+    chosen = plans[1].synthetic_ids
     assert all(q[c] == q.max() for c in chosen)
 
 
@@ -104,23 +105,35 @@ def test_ablation_logs_parent_and_children_to_mlflow(real_syn):
     runner = make_task_runner(RunnerConfig(kind="dask", max_parallel=1))
     out = ablation_flow.with_options(task_runner=runner)(AblationParams(
         workspace=str(ws), name="t", real="real", synthetic="syn",
-        config=AblationConfig(ratios=(0, 1), schedule="tiny"), extra_metrics={"fid2d_t1n": 1.5}))
+        config=AblationConfig(ratios=(0, 1), schedule="tiny", bootstrap_resamples=200),
+        synthesis_metrics={"fid2d_t1n": 1.5, "fid2d_t1n_floor": 1.2}))
     assert out["n_ok"] == 2 and out["n_failed"] == 0
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(ws))
     exp = client.get_experiment_by_name("gliosynth-ablation")
+    parent = client.get_run(out["parent_run_id"])
+    # The synthetic set's scores describe the whole ablation: logged once, on the parent, with their floor.
+    assert parent.data.metrics["fid2d_t1n"] == 1.5 and parent.data.metrics["fid2d_t1n_floor"] == 1.2
+    assert "effect_r1_delta_dice_WT" in parent.data.metrics
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
     assert len(children) == 2
+    plans = {p.name: p for p in plan_mixes(real, syn, AblationConfig(ratios=(0, 1), schedule="tiny"))}
     for run in children:
         m = run.data.metrics
         for region in ("WT", "TC", "ET"):
             assert 0.0 <= m[f"dice_{region}"] <= 1.0 and m[f"hd95_{region}_mm"] >= 0.0
-        assert m["fid2d_t1n"] == 1.5
-        assert {"n_real", "n_synthetic", "ratio", "seed", "real_manifest_sha256"} <= set(run.data.params)
-    # training folders of every configuration hold no case from (or derived from) the test split
+        assert "fid2d_t1n" not in m
+        assert {"n_real", "n_synthetic", "ratio", "seed", "real_manifest_sha256", "seed_reproducible"} <= set(
+            run.data.params)
+        plan = plans[run.data.params["config"]]
+        assert int(run.data.params["n_real"]) == plan.n_real and int(run.data.params["n_synthetic"]) == plan.n_synthetic
+    # One nnU-Net dataset for the whole ablation; no case in it is from (or derived from) the test split
     test_ids = set(real.ok_cases("test")["case_id"])
-    for cases_csv in (ws / "nnunet" / "raw").glob("Dataset*_t_*/cases.csv"):
-        c = pd.read_csv(cases_csv).fillna("")
-        assert not (set(c["case_id"]) | set(c["source_case"])) & test_ids
+    folders = list((ws / "nnunet" / "raw").glob("Dataset*_t"))
+    assert len(folders) == 1
+    c = pd.read_csv(folders[0] / "cases.csv").fillna("")
+    assert not (set(c["case_id"]) | set(c["source_case"])) & test_ids
+    effect = pd.read_csv(ws / "ablations" / "t" / "effect.csv")
+    assert list(effect["ratio"]) == [0.0, 1.0] and {"delta_dice_WT_ci_low", "delta_dice_WT_p"} <= set(effect.columns)
     assert (ws / "ablations" / "t" / "dice_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"
     # The REST API of a running `mlflow server` (127.0.0.1) over the same store lists the children.
     listed = _runs_from_mlflow_server(ws, exp.experiment_id)

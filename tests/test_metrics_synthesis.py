@@ -15,6 +15,7 @@ from components.metrics.synthesis import (
     INCEPTION_NAME,
     RandomConv3d,
     SynthesisEvalConfig,
+    SynthesisMetricsError,
     evaluate_synthesis,
     extract_features,
     frechet_distance,
@@ -52,6 +53,16 @@ def test_kid_is_near_zero_for_one_distribution_and_large_for_another():
     same, _ = kernel_inception_distance(x, y, np.random.default_rng(0), subset_size=30, subsets=20)
     shifted, _ = kernel_inception_distance(x, z, np.random.default_rng(0), subset_size=30, subsets=20)
     assert abs(same) < 0.05 * shifted
+
+
+def test_kid_std_is_a_real_spread_when_the_sets_are_smaller_than_the_subset_size():
+    # 10 rows each, subset size 100: subsets of the whole set would all be identical (std exactly 0).
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((10, 32)), rng.standard_normal((10, 32)) + 0.3
+    kid, std = kernel_inception_distance(x, y, np.random.default_rng(0), subset_size=100, subsets=50)
+    assert math.isfinite(kid) and std > 1e-6  # not rounding noise around an exact 0
+    _, std3 = kernel_inception_distance(x[:3], y[:3], np.random.default_rng(0), subset_size=100, subsets=20)
+    assert std3 > 1e-6  # 3 slices a side (the smallest report): subsets of 2
 
 
 @pytest.mark.parametrize("shape, expected", [
@@ -115,13 +126,19 @@ def test_fid_grows_monotonically_with_noise(fid_series):
     assert all(a < c for a, c in zip(values, values[1:], strict=False)), values
 
 
+def _with_splits(test: dict, train: dict) -> tuple[dict, dict]:
+    """Cases and the extra manifest column that puts ``test`` in the test split and ``train`` in the train split."""
+    return {**test, **train}, {"split": {**{c: "test" for c in test}, **{c: "train" for c in train}}}
+
+
 @pytest.fixture(scope="module")
 def synthesis_report(tmp_path_factory):
-    """Real: 3 cases. Synthetic: S0 and S1 from real R0's mask (seeds 1, 2: paired, same mask), S2 from
-    an augmented (flipped) mask of R1 (not paired), S3 from R2's mask (paired)."""
+    """Real: test cases R0-R2 and train cases T0-T3. Synthetic: S0 and S1 from real R0's mask (seeds 1, 2:
+    paired, same mask), S2 from an augmented (flipped) mask of R1 (not paired), S3 from R2's mask (paired)."""
     ws = tmp_path_factory.mktemp("synth")
     real = {f"R{i}": b.brain_case(seed=i) for i in range(3)}
-    b.write_metrics_dataset(ws, "real", real)
+    cases, split = _with_splits(real, {f"T{i}": b.brain_case(seed=10 + i) for i in range(4)})
+    b.write_metrics_dataset(ws, "real", cases, extra_columns=split)
     noisy = b.noisy_copy({"S0": real["R0"], "S1": real["R0"], "S2": real["R1"], "S3": real["R2"]}, 0.1, seed=9)
     imgs, seg = noisy["S2"]
     noisy["S2"] = (imgs[:, ::-1].copy(), seg[::-1].copy())
@@ -165,3 +182,57 @@ def test_synthesis_report_files_carry_extractor_and_counts(synthesis_report):
     data = json.loads(json_path.read_text())
     assert data["config"]["seed"] == 0 and data["extractors"]["fid2d/kid"] == INCEPTION_NAME
     assert flat_metrics(csv_path)["fid2d_t1c"] == pytest.approx(report.flat()["fid2d_t1c"])
+
+
+def test_synthesis_floors_sit_beside_each_sample_size_dependent_score_at_the_same_n(synthesis_report):
+    report, (_, csv_path) = synthesis_report
+    rows = {r["metric"]: r for r in report.rows}
+    for name, n_col in (("fid2d_t1c", "n_slices"), ("kid_t1c", "n_slices"), ("fd_rand3d_t1c", "n_volumes")):
+        score, floor = rows[name], rows[f"{name}_floor"]
+        assert math.isfinite(floor["value"]), (name, floor["counts"])
+        assert floor[n_col] == score[n_col] == score["n_synthetic"] > 0, name
+        assert floor["n_real"] == score["n_real"] and floor["n_synthetic"] == 0
+        assert floor["counts"]["reference_splits"] == ["train"]
+    assert rows["fid2d_t1c"]["n_slices"] == 3 and rows["fd_rand3d_t1c"]["n_volumes"] == 4
+    assert rows["kid_t1c"]["std"] > 1e-6 and rows["kid_t1c_floor"]["std"] > 1e-6
+    # The floors reach the ablation's MLflow run: in the metric,value table, under the score's prefix.
+    flat = flat_metrics(csv_path)
+    assert {"fid2d_t1c_floor", "kid_t1c_floor", "fd_rand3d_t1c_floor"} <= set(flat)
+    table = pd.read_csv(csv_path).set_index("metric")
+    assert table.loc["fid2d_t1c_floor", "n_slices"] == 3 and table.loc["fd_rand3d_t1c_floor", "n_volumes"] == 4
+
+
+def test_synthesis_scores_use_the_real_test_split_by_default(tmp_path):
+    # Test cases R0, R1; train cases are noisy, other brains. The synthetic set is an exact copy of the
+    # test cases: scored against the test split it is perfect (FID, FD 0), against the train cases not.
+    test = {f"R{i}": b.brain_case(seed=i) for i in range(2)}
+    train = b.noisy_copy({f"T{i}": b.brain_case(seed=20 + i) for i in range(3)}, 0.5, seed=1)
+    cases, split = _with_splits(test, train)
+    b.write_metrics_dataset(tmp_path, "real", cases, extra_columns=split)
+    b.write_metrics_dataset(tmp_path, "copy", test, kind="synthetic")
+    cfg = SynthesisEvalConfig(modalities=("t1c",), max_slices=3, rand3d_size=32, msssim_pairs=1)
+    report = evaluate_synthesis(tmp_path, "real", "copy", cfg)
+    rows = {r["metric"]: r for r in report.rows}
+    assert report.info["real_split"] == "test" and report.info["n_real_cases"] == 2
+    assert report.info["real_cases"] == ["R0", "R1"]
+    assert len(report.info["floor_reference_cases"]) == 2 and set(report.info["floor_reference_cases"]) <= set(train)
+    assert rows["fid2d_t1c"]["value"] == pytest.approx(0.0, abs=1e-3)
+    assert rows["fd_rand3d_t1c"]["value"] == pytest.approx(0.0, abs=1e-9) and rows["fd_rand3d_t1c"]["n_real"] == 2
+    assert rows["fid2d_t1c_floor"]["value"] > 1.0  # the train cases are another distribution
+    assert {r["real_split"] for r in report.rows} == {"test"}
+
+
+def test_synthesis_without_held_out_cases_fails_clearly_and_all_leaves_floors_nan(tmp_path, caplog):
+    cases = {f"R{i}": b.brain_case(seed=i) for i in range(2)}
+    b.write_metrics_dataset(tmp_path, "real", cases)  # every case in the train split
+    b.write_metrics_dataset(tmp_path, "synth", b.noisy_copy(cases, 0.1, seed=2), kind="synthetic")
+    cfg = SynthesisEvalConfig(modalities=("t1c",), max_slices=3, rand3d_size=32, msssim_pairs=1)
+    with pytest.raises(SynthesisMetricsError, match=r"real dataset 'real' has no ok case in split 'test'"):
+        evaluate_synthesis(tmp_path, "real", "synth", cfg)
+    with caplog.at_level("WARNING", logger="components.metrics.synthesis"):
+        report = evaluate_synthesis(tmp_path, "real", "synth", cfg.model_copy(update={"real_split": "all"}))
+    rows = {r["metric"]: r for r in report.rows}
+    assert report.info["n_real_cases"] == 2 and math.isfinite(rows["fid2d_t1c"]["value"])
+    for name in ("fid2d_t1c_floor", "kid_t1c_floor", "fd_rand3d_t1c_floor"):
+        assert math.isnan(rows[name]["value"]) and "no real case outside" in rows[name]["counts"]["reason"]
+    assert "floor" in caplog.text and "no real case outside" in caplog.text

@@ -344,11 +344,11 @@ def _rotation_matrix(deg: Sequence[float]) -> np.ndarray:
     return Rotation.from_euler("xyz", list(deg), degrees=True).as_matrix()
 
 
-def _affine_labels(labels: np.ndarray, a: dict[str, Any], spacing: np.ndarray) -> np.ndarray:
-    """Resample a label array under y = c + t + s R (x - c) (mm), nearest-neighbour.
-
-    Only the output box that the input's non-zero box maps to is computed (the rest is 0).
-    """
+def affine_voxel_map(a: dict[str, Any], spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix M, offset o) of the ``params["affine"]`` transform y = c + t + s R (x - c) (mm), as the
+    pull-back from an output voxel y to its input voxel x = M y + o (scipy.ndimage.affine_transform's
+    convention)."""
+    spacing = np.asarray(spacing, dtype=float)
     s_mat = np.diag(spacing)
     s_inv = np.diag(1.0 / spacing)
     rot = _rotation_matrix(a["rotation_deg"])
@@ -358,6 +358,44 @@ def _affine_labels(labels: np.ndarray, a: dict[str, Any], spacing: np.ndarray) -
     # output voxel y -> input voxel x = S^-1 (c + R^T (S y - c - t) / s) = M y + o
     matrix = s_inv @ rot.T @ s_mat / s
     offset = s_inv @ (c - rot.T @ (c + t) / s)
+    return matrix, offset
+
+
+def head_transform_kind(params: dict[str, Any] | None) -> str:
+    """Which whole-head transforms ``params`` apply: "none", "flip", "affine" or "affine+flip".
+
+    The tumour-local ops (elastic, scaling, relocation) move no anatomy and do not count.
+    """
+    p = params or {}
+    kinds = [k for k in ("affine", "flip") if p.get(k)]
+    return "+".join(kinds) or "none"
+
+
+def head_voxel_map(params: dict[str, Any]) -> np.ndarray | None:
+    """4x4 homogeneous map from a voxel of the mask ``apply_mask_params`` makes to the voxel of the
+    host head it was resampled from: the inverse of the whole-head flip then affine, in the source
+    grid's voxels. None when ``params`` apply neither (the head is the host's, untouched).
+    """
+    if head_transform_kind(params) == "none":
+        return None
+    # composed as 4x4 matrices by hand: scipy and MONAI apply such a map but build none from these params
+    out = np.eye(4)
+    if params.get("affine"):
+        out[:3, :3], out[:3, 3] = affine_voxel_map(params["affine"], params["spacing"])
+    if params.get("flip"):
+        ax = int(params["flip"]["axis"])
+        flip = np.eye(4)
+        flip[ax, ax], flip[ax, 3] = -1.0, float(params["shape"][ax]) - 1.0  # x -> n - 1 - x, as np.flip
+        out = flip @ out  # the flip is applied first, so it is undone last
+    return out
+
+
+def _affine_labels(labels: np.ndarray, a: dict[str, Any], spacing: np.ndarray) -> np.ndarray:
+    """Resample a label array under y = c + t + s R (x - c) (mm), nearest-neighbour.
+
+    Only the output box that the input's non-zero box maps to is computed (the rest is 0).
+    """
+    matrix, offset = affine_voxel_map(a, spacing)
     out = np.zeros(labels.shape, dtype=labels.dtype)
     box = bbox(labels)
     if box is None:

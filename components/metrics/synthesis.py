@@ -14,6 +14,16 @@ DESIGN §5 and reference/metrics_and_data.md A3-A4. Per modality:
   different seeds) and ``msssim_realreal_<m>`` (random real pairs, the reference for diversity).
 * ``psnr_brain_<m>``, ``ssim_brain_<m>``: paired cases, inside the real case's brain.
 
+The real side is one split of the real dataset, by default ``test`` (``real_split``): the held-out
+cases, never the images the generator and its anatomical prior were trained on. FID, KID and FD
+depend on the sample size (FID of a 2048-feature Gaussian from 36 samples is in the thousands for
+two draws of one distribution), so each comes with a real-vs-real floor, ``<metric>_floor`` (e.g.
+``fid2d_t1n_floor``): the same score between the evaluated real cases and real cases from outside
+that split (as many cases as the synthetic set, slices and volumes subsampled with the seed to the
+synthetic set's exact N). The N shared by a score and its floor is in the ``n_slices`` (2-D) or
+``n_volumes`` (3-D) column. A floor that cannot be matched (too few real cases outside the split,
+``real_split: all``) is NaN, with the reason in the log and in its row's counts.
+
 Every value is reported with the name of its feature extractor (or metric implementation) and its
 sample counts. Volumes are (X, Y, Z) arrays with their spacing in mm.
 """
@@ -33,7 +43,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -64,7 +74,10 @@ class SynthesisEvalConfig(BaseModel):
 
     modalities: tuple[str, ...] = Field(MODALITIES, description="modalities to score")
     seed: int = Field(0, description="seed of every sampling step (slices, pairs, KID subsets)")
-    real_split: str | None = Field(None, description="use only this split of the real dataset (None: all ok cases)")
+    real_split: Literal["test", "train", "all"] = Field(
+        "test", description="split of the real dataset scored against (test: the held-out cases; all: every ok case); "
+        "the real-vs-real floors use the real cases outside it"
+    )
     max_cases: int | None = Field(None, ge=2, description="cap on cases per dataset, sampled with the seed")
     max_slices: int = Field(36, ge=3, description="2-D slices per modality and dataset for FID/KID (split over 3 planes)")
     min_brain_area: float = Field(
@@ -74,7 +87,7 @@ class SynthesisEvalConfig(BaseModel):
         0.02, ge=0.0, lt=1.0, description="brain = intensity above this fraction of the 99.5th percentile, any modality"
     )
     percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity window inside the brain -> [0, 1]")
-    kid_subset_size: int = Field(100, ge=2)
+    kid_subset_size: int = Field(100, ge=2, description="largest KID subset; at most half the smaller set, so subsets differ")
     kid_subsets: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)
     rand3d_seed: int = Field(1234, description="RandomState seed of the random 3-D network's weights")
@@ -138,9 +151,11 @@ def kernel_inception_distance(
     """KID (Binkowski et al., ICLR 2018): unbiased MMD^2 with k(x, y) = (x.y/d + 1)^3, mean and std over subsets.
 
     Written here (a few lines) so the subset sampling uses our seeded generator, not torch's global
-    RNG. The three kernel matrices are computed once and the subsets index into them.
+    RNG. The three kernel matrices are computed once and the subsets index into them. The subset
+    size is ``kid_subset_size(...)``: at most half the smaller set (at least 2), so the subsets differ
+    and their std measures the estimate's spread; it is NaN when only one subset exists (2 x 2 rows).
     """
-    n = min(len(f1), len(f2), subset_size)
+    n = kid_subset_size(len(f1), len(f2), subset_size)
     if n < 2:
         return float("nan"), float("nan")
     x, y = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
@@ -155,7 +170,20 @@ def kernel_inception_distance(
         sxx, syy = kxx[np.ix_(i, i)], kyy[np.ix_(j, j)]
         mmd = ((sxx.sum() - np.trace(sxx)) + (syy.sum() - np.trace(syy))) / (n * (n - 1)) - 2 * kxy[np.ix_(i, j)].mean()
         vals.append(mmd)
-    return float(np.mean(vals)), float(np.std(vals))
+    one_subset = len(x) == n and len(y) == n
+    return float(np.mean(vals)), float("nan") if one_subset else float(np.std(vals))
+
+
+def kid_subset_size(n1: int, n2: int, subset_size: int = 100) -> int:
+    """KID subset size: ``subset_size``, at most half the smaller set, at least 2 (0 when a set has fewer than 2 rows).
+
+    With subsets as large as the set every subset is the whole set and the std over subsets is 0
+    whatever the data: half the set leaves room for the draws to differ.
+    """
+    m = min(n1, n2)
+    if m < 2:
+        return 0
+    return max(2, min(subset_size, m // 2))
 
 
 def msssim_params(shape: Sequence[int], max_kernel: int = 7) -> tuple[int, float, tuple[float, ...]]:
@@ -450,11 +478,27 @@ def load_case(ds: Dataset, case_id: str, modalities: Sequence[str], cfg: Synthes
 
 
 def _case_ids(ds: Dataset, split: str | None, max_cases: int | None, rng: np.random.Generator) -> list[str]:
-    ok = ds.ok_cases(split)
+    ok = ds.ok_cases(None if split == "all" else split)
     ids = sorted(str(c) for c in ok["case_id"])
     if max_cases is not None and len(ids) > max_cases:
         ids = sorted(rng.choice(ids, max_cases, replace=False).tolist())
     return ids
+
+
+def reference_case_ids(ds: Dataset, exclude: Iterable[str], n: int, seed: int) -> list[str]:
+    """Up to ``n`` ok cases of ``ds`` not in ``exclude`` (sampled with the seed): the real side of the floors."""
+    excluded = set(exclude)
+    ids = sorted(str(c) for c in ds.ok_cases()["case_id"] if str(c) not in excluded)
+    if len(ids) > n:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+        ids = sorted(rng.choice(ids, n, replace=False).tolist())
+    return ids
+
+
+def _split_counts(ds: Dataset) -> str:
+    ok = ds.ok_cases()
+    counts = ok["split"].astype(str).value_counts().sort_index()
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
 
 @dataclass
@@ -611,7 +655,10 @@ class SynthesisReport:
     def table(self) -> pd.DataFrame:
         """One row per metric; ``counts`` as a JSON string so the CSV stays flat."""
         rows = [{**r, "counts": json.dumps(_json_safe(r["counts"]), sort_keys=True)} for r in self.rows]
-        return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+        df = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+        for col in ("n_slices", "n_volumes"):  # whole numbers, empty where the score does not depend on N
+            df[col] = pd.array([None if pd.isna(v) else int(v) for v in df[col]], dtype="Int64")
+        return df
 
     def flat(self) -> dict[str, float]:
         return {r["metric"]: float(r["value"]) for r in self.rows}
@@ -620,14 +667,34 @@ class SynthesisReport:
         return {**self.info, "metrics": self.rows}
 
 
-REPORT_COLUMNS = ["metric", "family", "modality", "value", "std", "extractor", "n_real", "n_synthetic", "unit", "counts"]
+REPORT_COLUMNS = ["metric", "family", "modality", "value", "std", "extractor", "n_real", "n_synthetic", "n_slices",
+                  "n_volumes", "real_split", "unit", "counts"]
 
 
 def _row(family: str, modality: str, value: float, extractor: str, n_real: int, n_synth: int, std: float = float("nan"),
-         unit: str = "", counts: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"metric": f"{family}_{modality}", "family": family, "modality": modality, "value": float(value),
-            "std": float(std), "extractor": extractor, "n_real": int(n_real), "n_synthetic": int(n_synth), "unit": unit,
-            "counts": counts or {}}
+         unit: str = "", counts: dict[str, Any] | None = None, *, real_split: str = "", floor: bool = False,
+         n_slices: int | None = None, n_volumes: int | None = None) -> dict[str, Any]:
+    """One report row. ``n_slices`` / ``n_volumes``: the N a sample-size-dependent score and its floor share
+    (slices or volumes on the side compared with the real cases: synthetic for the score, real
+    reference for ``<family>_<modality>_floor``)."""
+    metric = f"{family}_{modality}_floor" if floor else f"{family}_{modality}"
+    return {"metric": metric, "family": f"{family}_floor" if floor else family, "modality": modality,
+            "value": float(value), "std": float(std), "extractor": extractor, "n_real": int(n_real),
+            "n_synthetic": int(n_synth), "n_slices": n_slices, "n_volumes": n_volumes, "real_split": real_split,
+            "unit": unit, "counts": counts or {}}
+
+
+def _subsample(features: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly ``n`` rows of ``features`` (seeded, order kept); the caller checks there are enough."""
+    if len(features) == n:
+        return features
+    return features[np.sort(rng.choice(len(features), n, replace=False))]
+
+
+def _floor_reason(what: str, have: int, need: int, n_ref_cases: int, outside: str) -> str:
+    if n_ref_cases == 0:
+        return f"no real case outside {outside} to compare with"
+    return f"{have} real {what} outside {outside} (from {n_ref_cases} cases), {need} needed to match the synthetic set"
 
 
 @contextlib.contextmanager
@@ -666,47 +733,93 @@ def _evaluate_synthesis(
     device = resolve_device(cfg.device)
     real_ds, synth_ds = open_dataset(workspace, real), open_dataset(workspace, synthetic)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
-    real_ids = _case_ids(real_ds, cfg.real_split, cfg.max_cases, rng)
+    split = cfg.real_split
+    real_ids = _case_ids(real_ds, split, cfg.max_cases, rng)
     synth_ids = _case_ids(synth_ds, None, cfg.max_cases, rng)
-    if len(real_ids) < 2 or len(synth_ids) < 2:
+    if not real_ids:
         raise SynthesisMetricsError(
-            f"need at least 2 ok cases in each dataset: {real!r} has {len(real_ids)}"
-            f"{' in split ' + cfg.real_split if cfg.real_split else ''}, {synthetic!r} has {len(synth_ids)}"
+            f"real dataset {real!r} has no ok case in split {split!r} (ok cases per split: {_split_counts(real_ds)}), "
+            "so there is nothing held out to score against: choose another real_split (--real-split) or re-split it"
         )
-    log.info("synthesis metrics: %s (%d cases) vs %s (%d cases) on %s", synthetic, len(synth_ids), real, len(real_ids), device)
+    if len(synth_ids) < 2:
+        raise SynthesisMetricsError(f"synthetic dataset {synthetic!r} needs at least 2 ok cases, it has {len(synth_ids)}")
+    outside = f"split {split!r}" if split != "all" else "the whole dataset (real_split 'all')"
+    ref_ids = reference_case_ids(real_ds, real_ids, len(synth_ids), cfg.seed) if split != "all" else []
+    ref_splits = sorted(set(real_ds.ok_cases().set_index("case_id").loc[ref_ids, "split"].astype(str))) if ref_ids else []
+    log.info("synthesis metrics: %s (%d cases) vs %s split %s (%d cases; floors from %d real cases of split %s) on %s",
+             synthetic, len(synth_ids), real, split, len(real_ids), len(ref_ids), ",".join(ref_splits) or "-", device)
     rand3d = RandomConv3d(cfg.rand3d_seed, cfg.rand3d_size, device)
     plan = plan_pairs(real_ds, synth_ds, real_ids, synth_ids, cfg)
     cache: dict[tuple[str, str], CaseData] = {}
     f_real = extract_features(real_ds, real_ids, cfg, device, rand3d, progress, plan.real_ids(), cache)
     f_synth = extract_features(synth_ds, synth_ids, cfg, device, rand3d, progress, plan.synthetic_ids(), cache)
+    f_ref = extract_features(real_ds, ref_ids, cfg, device, rand3d, progress) if ref_ids else None
 
     t_feat = time.perf_counter()
     rows: list[dict[str, Any]] = []
     kid_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 2]))
+    floor_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 5]))
+    nan = float("nan")
     for m in cfg.modalities:
         fr, fs = f_real.inception[m], f_synth.inception[m]
         counts = {"real": f_real.slice_counts[m], "synthetic": f_synth.slice_counts[m],
-                  "real_cases": len(real_ids), "synthetic_cases": len(synth_ids)}
-        rows.append(_row("fid2d", m, frechet_distance_features(fr, fs), INCEPTION_NAME, len(fr), len(fs), counts=counts))
+                  "real_cases": len(real_ids), "synthetic_cases": len(synth_ids), "real_split": split}
+        n2d = {"real_split": split, "n_slices": len(fs)}
+        rows.append(_row("fid2d", m, frechet_distance_features(fr, fs), INCEPTION_NAME, len(fr), len(fs), counts=counts,
+                         **n2d))
+        # Floor: real cases outside the split stand in for the synthetic set, at its exact slice count.
+        ref2d = f_ref.inception[m] if f_ref is not None else np.zeros((0, INCEPTION_FEATURES))
+        floor_counts = {"real": f_real.slice_counts[m], "real_cases": len(real_ids), "real_split": split,
+                        "reference": len(fs), "reference_available": len(ref2d), "reference_cases": len(ref_ids),
+                        "reference_splits": ref_splits}
+        if len(ref2d) >= len(fs):
+            fref = _subsample(ref2d, len(fs), floor_rng)
+            fid_floor = frechet_distance_features(fr, fref)
+        else:
+            fref, fid_floor = None, nan
+            floor_counts["reason"] = _floor_reason("slices", len(ref2d), len(fs), len(ref_ids), outside)
+            log.warning("%s: fid2d/kid floors are NaN: %s", m, floor_counts["reason"])
+        rows.append(_row("fid2d", m, fid_floor, INCEPTION_NAME, len(fr), 0, counts=floor_counts, floor=True, **n2d))
         kid, kid_std = kernel_inception_distance(fr, fs, kid_rng, cfg.kid_subset_size, cfg.kid_subsets)
-        n_sub = min(len(fr), len(fs), cfg.kid_subset_size)
+        n_sub = kid_subset_size(len(fr), len(fs), cfg.kid_subset_size)
         rows.append(_row("kid", m, kid, INCEPTION_NAME, len(fr), len(fs), std=kid_std,
-                         counts={**counts, "subset_size": n_sub, "subsets": cfg.kid_subsets}))
+                         counts={**counts, "subset_size": n_sub, "subsets": cfg.kid_subsets}, **n2d))
+        kid_floor, kid_floor_std = (kernel_inception_distance(fr, fref, floor_rng, cfg.kid_subset_size, cfg.kid_subsets)
+                                    if fref is not None else (nan, nan))
+        rows.append(_row("kid", m, kid_floor, INCEPTION_NAME, len(fr), 0, std=kid_floor_std, floor=True,
+                         counts={**floor_counts, "subset_size": n_sub, "subsets": cfg.kid_subsets}, **n2d))
         r3, s3 = f_real.rand3d[m], f_synth.rand3d[m]
+        n3d = {"real_split": split, "n_volumes": len(s3)}
         rows.append(_row("fd_rand3d", m, frechet_distance_features(r3, s3), rand3d.name, len(r3), len(s3),
-                         counts={"real_cases": len(r3), "synthetic_cases": len(s3)}))
+                         counts={"real_cases": len(r3), "synthetic_cases": len(s3), "real_split": split}, **n3d))
+        ref3 = f_ref.rand3d[m] if f_ref is not None else np.zeros((0, 2 * RandomConv3d.channels[-1]))
+        counts3 = {"real_cases": len(r3), "real_split": split, "reference": len(s3), "reference_available": len(ref3),
+                   "reference_cases": len(ref_ids), "reference_splits": ref_splits}
+        if len(ref3) >= len(s3):
+            fd_floor = frechet_distance_features(r3, _subsample(ref3, len(s3), floor_rng))
+        else:
+            fd_floor = nan
+            counts3["reason"] = _floor_reason("volumes", len(ref3), len(s3), len(ref_ids), outside)
+            log.warning("%s: fd_rand3d floor is NaN: %s", m, counts3["reason"])
+        rows.append(_row("fd_rand3d", m, fd_floor, rand3d.name, len(r3), 0, counts=counts3, floor=True, **n3d))
 
     t_dist = time.perf_counter()
-    rows.extend(_similarity_rows(real_ds, synth_ds, plan, cfg, device, progress, cache))
+    for r in _similarity_rows(real_ds, synth_ds, plan, cfg, device, progress, cache):
+        r["real_split"] = split
+        rows.append(r)
     cache.clear()
     timings = {f"real_{k}": round(v, 2) for k, v in f_real.seconds.items()}
     timings.update({f"synthetic_{k}": round(v, 2) for k, v in f_synth.seconds.items()})
+    if f_ref is not None:
+        timings.update({f"reference_{k}": round(v, 2) for k, v in f_ref.seconds.items()})
     timings.update(distances=round(t_dist - t_feat, 2), similarity=round(time.perf_counter() - t_dist, 2))
     log.info("synthesis metrics timings (s): %s", timings)
     info = {
         "real": real, "synthetic": synthetic,
         "real_manifest_sha256": real_ds.manifest_digest, "synthetic_manifest_sha256": synth_ds.manifest_digest,
-        "real_cases": real_ids, "synthetic_cases": synth_ids, "device": device,
+        "real_split": split, "n_real_cases": len(real_ids), "real_cases": real_ids,
+        "n_synthetic_cases": len(synth_ids), "synthetic_cases": synth_ids,
+        "floor_reference_cases": ref_ids, "floor_reference_splits": ref_splits, "device": device,
         "pairs": {"fidelity": plan.fidelity, "diversity": plan.diversity, "diversity_samemask": plan.samemask,
                   "realreal": plan.realreal},
         "config": cfg.model_dump(mode="json"),
@@ -737,6 +850,12 @@ def plan_pairs(real_ds: Dataset, synth_ds: Dataset, real_ids: list[str], synth_i
                cfg: SynthesisEvalConfig) -> PairPlan:
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3]))
     paired = paired_cases(real_ds, synth_ds, synth_ids, set(real_ids))
+    sources = _manifest_column(synth_ds, "source_case")
+    others = set(real_ds.ok_cases()["case_id"].astype(str)) - set(real_ids)
+    n_out = sum(str(sources.get(sid)) in others for sid in synth_ids)
+    if n_out:
+        log.info("%d synthetic cases come from masks of real cases outside real_split %r: not paired for "
+                 "msssim_fidelity/psnr_brain/ssim_brain (their real counterpart is not held out)", n_out, cfg.real_split)
     samemask_all = same_mask_pairs(synth_ds, synth_ids)
     samemask = samemask_all if len(samemask_all) <= cfg.msssim_pairs else [
         samemask_all[i] for i in sorted(rng.choice(len(samemask_all), cfg.msssim_pairs, replace=False))]

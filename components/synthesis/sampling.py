@@ -1,4 +1,4 @@
-"""Samplers: DDIM (default, eta 0) and the full-length ancestral DDPM reference (Med-DDPM/GliomaGen).
+"""Samplers: DDIM (eta 0 to 1) and the full-length ancestral DDPM reference (Med-DDPM/GliomaGen).
 
 The loop mirrors MONAI's ``DiffusionInferer.sample`` with ``mode="concat"`` (the one-hot mask is
 concatenated to the noisy image at every step), but passes a ``torch.Generator`` per volume to the
@@ -13,7 +13,7 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from components.synthesis.config import DiffusionConfig, SynthesisError
+from components.synthesis.config import DiffusionConfig, SynthesisError, SynthesizeConfig, SynthesizerConfig
 from components.synthesis.data import one_hot
 from components.synthesis.network import N_MODALITIES, build_scheduler
 
@@ -44,6 +44,24 @@ def resolve_steps(diffusion: DiffusionConfig, sampler: str, steps: int | None, d
     return n
 
 
+def resolve_sampling(run: SynthesizeConfig, model: SynthesizerConfig) -> SynthesizeConfig:
+    """``run`` with sampler, steps, eta and batch filled in: each one left None comes from the model's
+    profile (``model.sample``), each one given overrides it. Steps: :func:`resolve_steps` (DDPM always
+    T). eta is DDIM's noise weight: None for DDPM, which has none (an explicit eta with DDPM is refused)."""
+    sample = model.sample
+    sampler = run.sampler or sample.sampler
+    steps = resolve_steps(model.diffusion, sampler, run.steps, sample.steps)
+    if sampler == "ddpm":
+        if run.eta is not None:
+            raise SynthesisError(f"eta {run.eta} is the DDIM noise weight; the DDPM reference has none (leave eta "
+                                 f"unset, or use sampler ddim)")
+        eta = None
+    else:
+        eta = sample.eta if run.eta is None else float(run.eta)
+    batch = sample.batch if run.batch is None else int(run.batch)
+    return run.model_copy(update={"sampler": sampler, "steps": steps, "eta": eta, "batch": batch})
+
+
 @torch.no_grad()
 def sample_images(
     network: torch.nn.Module,
@@ -63,13 +81,18 @@ def sample_images(
     labels: (B, X, Y, Z) conditioning label map (0 background, 1 head, 2.. tumour), on any device.
     generators: one per volume, on the network's device; they fix the initial noise and any step noise.
     prior: the model's prior (C, X, Y, Z) on the same grid, for a network trained with one (its
-    ``n_prior`` channels follow the mask); refused for a network without.
+    ``n_prior`` channels follow the mask), or one per volume (B, C, X, Y, Z) (the prior moved with
+    each augmented mask's head, see ``components.synthesis.prior``); refused for a network without.
     Returns (B, 4, X, Y, Z) float32 on the CPU, in [-1, 1] (the data range the model was trained on).
     """
     device = next(network.parameters()).device
     B = labels.shape[0]
     if len(generators) != B:
         raise SynthesisError(f"need one generator per volume: {B} volumes, {len(generators)} generators")
+    off = sorted({str(g.device) for g in generators if (g.device.type, g.device.index or 0) != (device.type, device.index or 0)})
+    if off:  # the noise is drawn on the network's device (here and in MONAI's step): the generators must be there
+        raise SynthesisError(f"generators on {off} but the network is on {device}: make them with "
+                             f"make_generator(seed, device)")
     n_steps = resolve_steps(diffusion, sampler, steps, default_steps=steps)
     scheduler = build_scheduler(diffusion, sampler)
     scheduler.set_timesteps(n_steps)
@@ -79,10 +102,11 @@ def sample_images(
         if prior is None or not n_prior:
             raise SynthesisError("this network was trained with a prior; pass the model's prior" if n_prior else
                                  "this network was trained without a prior; do not pass one")
-        if tuple(prior.shape) != (n_prior, *labels.shape[1:]):
+        if tuple(prior.shape) not in ((n_prior, *labels.shape[1:]), (B, n_prior, *labels.shape[1:])):
             raise SynthesisError(f"prior has shape {tuple(prior.shape)}, expected {(n_prior, *labels.shape[1:])} "
-                                 f"(the model grid of the masks)")
-        cond = torch.cat([cond, prior.to(device=device, dtype=cond.dtype)[None].expand(B, -1, -1, -1, -1)], dim=1)
+                                 f"or one per volume {(B, n_prior, *labels.shape[1:])} (the model grid of the masks)")
+        prior = prior.to(device=device, dtype=cond.dtype)
+        cond = torch.cat([cond, prior if prior.dim() == 5 else prior[None].expand(B, -1, -1, -1, -1)], dim=1)
     shape = (N_MODALITIES, *labels.shape[1:])
     x = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
     use_amp = amp and device.type == "cuda"

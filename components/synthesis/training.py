@@ -10,6 +10,7 @@ of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import datetime as _dt
@@ -18,6 +19,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -100,13 +102,18 @@ def loss_function(kind: str):
 
 def draw_timesteps(n: int, alphas_cumprod: torch.Tensor, diffusion: Any, generator: torch.Generator) -> torch.Tensor:
     """Training timesteps (n,) long: uniform, or EDM's lognormal over sigma (Karras et al. 2022, sec. 5)
-    mapped to the nearest discrete timestep of the schedule."""
+    mapped to the nearest discrete timestep of the schedule.
+
+    The draws come from ``generator`` (on the CPU) whatever the device of ``alphas_cumprod``: MONAI's
+    ``add_noise`` moves its scheduler's ``alphas_cumprod`` to the data's device after the first batch,
+    so the lognormal draw is moved there before the search; the timesteps are returned on that device."""
     T = alphas_cumprod.shape[0]
     if diffusion.timestep_sampling == "uniform":
-        return torch.randint(0, T, (n,), generator=generator)
-    a = alphas_cumprod.double()
+        return torch.randint(0, T, (n,), generator=generator).to(alphas_cumprod.device)
+    a = alphas_cumprod.detach().double()
     log_sigma = 0.5 * torch.log((1.0 - a) / a)  # increasing in t
     draw = diffusion.p_mean + diffusion.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
+    draw = draw.to(log_sigma.device)
     idx = torch.searchsorted(log_sigma, draw).clamp(1, T - 1)
     nearer_low = (draw - log_sigma[idx - 1]) < (log_sigma[idx] - draw)
     return torch.where(nearer_low, idx - 1, idx).long()
@@ -117,10 +124,11 @@ def timestep_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, diff
 
     min_snr: min(SNR_t, gamma) / SNR_t (Hang et al. 2023, eq. 8, epsilon form); edm: 1 / c_out(t)^2,
     i.e. the inner network's loss on its unit-variance target (Karras et al. 2022); none: ones.
+    Returned on the device of ``alphas_cumprod``.
     """
     if diffusion.loss_weighting == "none":
-        return torch.ones(timesteps.shape, dtype=torch.float32)
-    a = alphas_cumprod[timesteps.cpu()].double()
+        return torch.ones(timesteps.shape, dtype=torch.float32, device=alphas_cumprod.device)
+    a = alphas_cumprod.detach()[timesteps.to(alphas_cumprod.device)].double()  # on the schedule's device
     if diffusion.loss_weighting == "min_snr":
         snr = a / (1.0 - a)
         return (torch.clamp(snr, max=diffusion.min_snr_gamma) / snr).float()
@@ -138,12 +146,51 @@ def training_loss(net: torch.nn.Module, inferer: Any, image: torch.Tensor, label
     cond = one_hot(labels, n_condition)
     if prior is not None:
         cond = torch.cat([cond, prior.to(cond.dtype)], dim=1)
-    with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16, enabled=amp):
+    # no autocast context at all without amp: torch refuses autocast(enabled=False) on some device types
+    ctx = torch.autocast(device_type=image.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with ctx:
         pred = inferer(inputs=image, diffusion_model=net, noise=noise, timesteps=timesteps, condition=cond, mode="concat")
     per_sample = loss_function(loss)(pred.float(), noise, reduction="none").flatten(1).mean(1)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device)
     return per_sample.mean()
+
+
+def optimizer_step(net: torch.nn.Module, opt: torch.optim.Optimizer, inferer: Any,
+                   batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], cfg: SynthesizerConfig,
+                   noise_generator: torch.Generator, n_condition: int, lr: float) -> torch.Tensor:
+    """One optimizer step of the training loop, on the network's device (bfloat16 autocast on a GPU with
+    ``train.amp``): for each micro-batch (image (B, 4, X, Y, Z), labels (B, X, Y, Z), prior (B, 4, X, Y, Z)
+    or None; any device) the noise and then the timesteps are drawn from ``noise_generator`` (CPU), the
+    loss / ``train.grad_accum`` is back-propagated; then gradient clipping and the step at learning rate
+    ``lr``. Returns the micro-batch losses (already divided by grad_accum), detached, on that device.
+
+    The timestep schedule is read from ``inferer.scheduler`` at each micro-batch, on whatever device
+    MONAI's ``add_noise`` left it (the data's, after the first batch): :func:`draw_timesteps` and
+    :func:`timestep_weights` work on that device, so a CUDA run does not mix devices.
+    """
+    device = next(net.parameters()).device
+    use_amp = cfg.train.amp and device.type == "cuda"
+    accum = cfg.train.grad_accum
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    losses = []
+    for img, lab, pri in batches:
+        noise = torch.randn(img.shape, generator=noise_generator)
+        schedule = inferer.scheduler.alphas_cumprod
+        t = draw_timesteps(img.shape[0], schedule, cfg.diffusion, noise_generator)
+        w = timestep_weights(schedule, t, cfg.diffusion)
+        loss = training_loss(net, inferer, img.to(device), lab.to(device), noise.to(device), t.to(device), n_condition,
+                             cfg.diffusion.loss, use_amp, weights=w, prior=None if pri is None else pri.to(device)) / accum
+        loss.backward()
+        losses.append(loss.detach())
+    if not losses:
+        raise SynthesisError("optimizer_step needs at least one micro-batch")
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+    opt.step()
+    return torch.stack(losses)
 
 
 def learning_rate(train: Any, step: int) -> float:
@@ -276,7 +323,7 @@ def _plot_loss(rows: list[dict[str, float]], out: Path, title: str) -> Path | No
 
 def training_montage(net: torch.nn.Module, ts: TrainingSet, cfg: SynthesizerConfig, scheme: LabelScheme, n_condition: int,
                      out: Path, progress: bool | None = None, prior: torch.Tensor | None = None) -> Path | None:
-    """Real vs synthetic (DDIM, EMA weights) for the first training masks, on the model grid."""
+    """Real vs synthetic (DDIM with the profile's eta, EMA weights) for the first training masks, on the model grid."""
     from components.viz import render_montage
 
     n = min(cfg.train.montage_cases, len(ts))
@@ -286,7 +333,7 @@ def training_montage(net: torch.nn.Module, ts: TrainingSet, cfg: SynthesizerConf
     labels = torch.stack([torch.from_numpy(ts.get(i)[1]).long() for i in range(n)])
     gens = [make_generator(cfg.seed + 7919 * (i + 1), device) for i in range(n)]
     x = sample_images(net, labels, n_condition, cfg.diffusion, gens, sampler="ddim", steps=cfg.train.montage_steps,
-                      amp=cfg.train.amp, progress=progress, prior=prior).numpy()
+                      eta=cfg.sample.eta, amp=cfg.train.amp, progress=progress, prior=prior).numpy()
     cases = []
     for i in range(n):
         real, lab = ts.get(i)
@@ -296,7 +343,8 @@ def training_montage(net: torch.nn.Module, ts: TrainingSet, cfg: SynthesizerConf
             disp = (np.clip(vol, -1, 1) + 1.0) * 0.5 * head[None]  # display scale: 0 outside the head
             cases.append({"case_id": f"{ts.case_ids[i]}\n{tag}", "images": {m: disp[c] for c, m in enumerate(MODALITIES)},
                           "seg": seg, "affine": ts.affine(i)})
-    return render_montage(cases, out, title=f"real vs synthetic (DDIM {cfg.train.montage_steps}, same masks) "
+    return render_montage(cases, out, title=f"real vs synthetic (DDIM {cfg.train.montage_steps}, eta "
+                                            f"{cfg.sample.eta:g}, same masks) "
                                             f"- {cfg.profile}")
 
 
@@ -436,7 +484,6 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
     prior = torch.from_numpy(healthy_mean_prior(ts)) if cfg.diffusion.prior == "healthy_mean" else None
 
     device = resolve_device(cfg.train.device)
-    use_amp = cfg.train.amp and device.type == "cuda"
     net = place_network(build_network(cfg.network, n_cond, seed=cfg.seed, diffusion=cfg.diffusion), device)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
@@ -469,6 +516,7 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
     tracker.log_params({"config": cfg.model_dump(mode="json"), "dataset": ds.name, "n_params": n_params,
                         "n_train_cases": len(ts), "device": str(device), "start_step": start})
     B, accum = cfg.train.batch_size, cfg.train.grad_accum
+    prior_np = None if prior is None else prior.numpy()
     net.train()
     every = max(1, cfg.train.steps // 20)
     t0 = time.perf_counter()
@@ -476,23 +524,9 @@ def _train(ds: Dataset, paths: ModelPaths, name: str, cfg: SynthesizerConfig, re
                total=cfg.train.steps, disable=None if progress is None else not progress)
     for step in bar:
         lr = learning_rate(cfg.train, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(accum):
-            img, lab, pri = draw_batch(ts, B, cfg.data, gens["data"], None if prior is None else prior.numpy())
-            noise = torch.randn(img.shape, generator=gens["noise"])
-            t = draw_timesteps(B, inferer_scheduler.alphas_cumprod, cfg.diffusion, gens["noise"])
-            w = timestep_weights(inferer_scheduler.alphas_cumprod, t, cfg.diffusion)
-            loss = training_loss(net, inferer, img.to(device), lab.to(device), noise.to(device), t.to(device), n_cond,
-                                 cfg.diffusion.loss, use_amp, weights=w,
-                                 prior=None if pri is None else pri.to(device)) / accum
-            loss.backward()
-            step_loss += float(loss.detach())
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-        opt.step()
+        batches = (draw_batch(ts, B, cfg.data, gens["data"], prior_np) for _ in range(accum))
+        losses = optimizer_step(net, opt, inferer, batches, cfg, gens["noise"], n_cond, lr)
+        step_loss = sum(losses.tolist(), 0.0)  # one device sync per step
         if step % cfg.train.ema_every == 0:
             decay = 0.0 if step < cfg.train.ema_start else ema_decay_at(cfg.train.ema_decay, ema_updates)
             update_ema(ema, net, decay)

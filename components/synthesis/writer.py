@@ -2,7 +2,9 @@
 
 Each case is four modalities + the mask's seg and head on the mask's own grid, with the mask's
 affine (or, when the model works at another spacing, the resampled grid and its true affine),
-zero outside the head and mapped back to intensities with the model's saved window. Cases are
+zero outside the head and mapped back to intensities with the model's saved window. A model with an
+anatomical prior samples an augmented mask with the prior moved by the mask's recorded flip/affine
+(``components.synthesis.prior``; ``prior_transform`` in the case's params). Cases are
 written atomically (temporary folder, then rename) with a ``row.json``; a re-run keeps every case
 whose inputs (model weights, mask files, sampler, seed) are unchanged and makes only the rest.
 """
@@ -36,8 +38,9 @@ from components.synthesis.data import (
     load_case,
     spacing_of,
 )
+from components.synthesis.prior import NONE, host_grid, mask_params, prior_transform_kind, transform_prior
 from components.synthesis.quality import quality_score
-from components.synthesis.sampling import make_generator, resolve_steps, sample_images
+from components.synthesis.sampling import make_generator, resolve_sampling, sample_images
 from components.synthesis.store import TrainedModel, load_trained_model
 from data_catalog import (
     MODALITIES,
@@ -88,6 +91,7 @@ class _Item:
     seed: int
     row: pd.Series
     fingerprint: str
+    prior_transform: str = NONE  # whole-head transforms of the mask that the prior follows
 
 
 def case_seed(seed: int, mask_case: str, index: int) -> int:
@@ -178,7 +182,8 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
     if mds.info.get("label_scheme") != tm.scheme.name:
         raise SynthesisError(f"masks dataset {masks!r} uses label scheme {mds.info.get('label_scheme')!r} but model "
                              f"{model!r} was trained with {tm.scheme.name!r}; use masks in the model's scheme")
-    steps = resolve_steps(tm.config.diffusion, cfg.sampler, cfg.steps, tm.config.sample.steps)
+    cfg = resolve_sampling(cfg, tm.config)  # sampler/steps/eta/batch left unset: the model profile's sample block
+    steps = cfg.steps
     root = dataset_dir(workspace, name)
     cases_dir = root / "cases"
     ok = mds.ok_cases()
@@ -187,12 +192,18 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
     items: list[_Item] = []
     for _, r in ok.iterrows():
         digest = _mask_digest(mds, r)
+        try:
+            moved = prior_transform_kind(mask_params(r)) if tm.prior is not None else NONE
+        except SynthesisError:
+            moved = NONE  # params that are not JSON: sampled like a real mask, with the prior as it is
         for k in range(cfg.samples_per_mask):
             seed = case_seed(cfg.seed, r["case_id"], k)
             key = {"model": tm.digest, "mask": digest, "head": head_method(), "sampler": cfg.sampler, "steps": steps,
                    "eta": cfg.eta, "seed": seed, "data": tm.config.data.model_dump(mode="json"), "v": 1}
+            if moved != NONE:  # only then: cases of untransformed masks keep their fingerprint
+                key["prior_transform"] = moved
             fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-            items.append(_Item(f"{r['case_id']}-syn{k}", r["case_id"], k, seed, r, fp))
+            items.append(_Item(f"{r['case_id']}-syn{k}", r["case_id"], k, seed, r, fp, moved))
 
     rows: dict[str, dict[str, Any]] = {}
     pending: list[_Item] = []
@@ -207,10 +218,12 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
 
     n_written, t_sampling = 0, 0.0
     bar = tqdm(total=len(pending), desc=f"synthesize {name}", unit="case", disable=None if progress is None else not progress)
-    mask_cache: dict[str, tuple[FittedCase, np.ndarray] | str] = {}
+    mask_cache: dict[str, tuple[FittedCase, np.ndarray, torch.Tensor | None] | str] = {}
+    prior_np = tm.prior.numpy() if tm.prior is not None else None
+    hosts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # host case -> (model-grid affine, native affine)
     for start in range(0, len(pending), cfg.batch):
         batch = pending[start:start + cfg.batch]
-        ready: list[tuple[_Item, FittedCase, np.ndarray]] = []
+        ready: list[tuple[_Item, FittedCase, np.ndarray, torch.Tensor | None]] = []
         for it in batch:
             base_params = _params(it, cfg.sampler, steps, cfg.eta, tm)
             if it.mask_case not in mask_cache:
@@ -221,8 +234,16 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
                         raise SynthesisError(f"{fc.lost_tumour_voxels} tumour voxels fall outside the model window "
                                              f"{tm.config.data.shape}: the mask's head is larger than the model grid")
                     labels = condition_labels(fc.seg, fc.head, tm.scheme, where=f"masks {masks!r}, case {it.mask_case}")
-                    mask_cache[it.mask_case] = (fc, labels)
-                except (SynthesisError, CatalogError, OSError, ValueError) as err:
+                    moved = None  # None: the model's prior as it is
+                    if it.prior_transform != NONE and prior_np is not None:
+                        p = mask_params(it.row)
+                        host = str(p.get("host_case") or _source_case(it.row))
+                        if host not in hosts:
+                            hosts[host] = host_grid(mds.root, str(mds.info.get("source_features") or "source_features.parquet"),
+                                                    host, tm.config.data)
+                        moved = torch.from_numpy(transform_prior(prior_np, p, fc.affine, c["affine"], *hosts[host])).to(tm.prior.dtype)
+                    mask_cache[it.mask_case] = (fc, labels, moved)
+                except (SynthesisError, CatalogError, OSError, ValueError, KeyError) as err:
                     mask_cache[it.mask_case] = f"mask case {it.mask_case}: {err}"
             entry = mask_cache[it.mask_case]
             if isinstance(entry, str):
@@ -232,14 +253,18 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
             ready.append((it, *entry))
         if not ready:
             continue
-        labels_t = torch.stack([torch.from_numpy(lab).long() for _, _, lab in ready])
-        gens = [make_generator(it.seed, tm.device) for it, _, _ in ready]
+        labels_t = torch.stack([torch.from_numpy(lab).long() for _, _, lab, _ in ready])
+        gens = [make_generator(it.seed, tm.device) for it, _, _, _ in ready]
+        prior = tm.prior
+        if any(moved is not None for *_, moved in ready):  # one prior per volume
+            prior = torch.stack([tm.prior if moved is None else moved for *_, moved in ready])
         ts = time.perf_counter()
         x = sample_images(tm.network, labels_t, tm.n_condition, tm.config.diffusion, gens, sampler=cfg.sampler,
-                          steps=steps, eta=cfg.eta, amp=tm.config.train.amp, progress=progress, prior=tm.prior).numpy()
+                          steps=steps, eta=cfg.eta, amp=tm.config.train.amp, progress=progress, prior=prior).numpy()
         t_sampling += time.perf_counter() - ts
-        for i, (it, fc, _) in enumerate(ready):
-            extra = {"resampled": fc.resampled, "lost_head_voxels": fc.lost_head_voxels}
+        for i, (it, fc, _, _) in enumerate(ready):
+            extra = {"resampled": fc.resampled, "lost_head_voxels": fc.lost_head_voxels,
+                     "prior_transform": it.prior_transform}
             rows[it.case_id] = _write_case(it, fc, x[i], tm, cases_dir, _params(it, cfg.sampler, steps, cfg.eta, tm, extra))
             n_written += 1
             bar.update(1)
@@ -255,7 +280,10 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
         workspace, name, kind="synthetic", label_scheme=tm.scheme.name, manifest=manifest,
         config={**cfg.model_dump(mode="json"), "steps": steps}, parents=[dataset_parent_entry(mds)],
         extra={"model": model, "model_digest": tm.digest, "model_step": tm.step, "model_profile": tm.config.profile,
-               "model_dataset": tm.card.get("dataset"), "sampler": cfg.sampler, "steps": steps,
+               "model_dataset": tm.card.get("dataset"),
+               # which real cases the generator (and its prior) learnt from: the ablation's leak check reads it
+               "generator_dataset": tm.card.get("dataset"), "generator_train_cases": tm.card.get("train_cases"),
+               "sampler": cfg.sampler, "steps": steps, "eta": cfg.eta,
                "note": "Synthetic cases from a mask-conditioned diffusion model; quality_score ranks them "
                        "(1 = tissue statistics of the training data)."},
     )
