@@ -8,10 +8,12 @@ real cases. The test set is the real dataset's fixed test split. Leakage is chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.export import ExportCase, cases_from_dataset, export_nnunet, reserve_dataset_ids
 from components.io import write_json_atomic
-from components.segmentation.nnunet import NnunetSchedule, ScheduleName
+from components.segmentation.nnunet import NnunetSchedule, ScheduleName, default_schedule
 from data_catalog import Dataset
 
 log = logging.getLogger(__name__)
@@ -51,11 +53,16 @@ class AblationConfig(BaseModel):
                                  "(the data-scarce case): one subset, drawn with subset_seed, for every seed")
     subset_seed: int = Field(0, ge=0, description="seed of the real subset drawn when real_fraction < 1")
     high_quality: bool = Field(False, description="take synthetic cases by descending quality_score, not at random")
-    schedule: ScheduleName = Field("cpu-demo", description="nnU-Net schedule (components.segmentation.nnunet)")
+    schedule: ScheduleName | None = Field(None, description="nnU-Net schedule (components.segmentation.nnunet); "
+                                          "None: full where a CUDA GPU is visible, cpu-demo without one")
     preset: Literal["brats2023", "brats2024"] = Field("brats2023", description="lesion-wise scoring preset")
     experiment: str = "gliosynth-ablation"
     montage_cases: int = Field(2, ge=0)
     bootstrap_resamples: int = Field(9999, ge=100, description="resamples of the paired-effect bootstrap")
+
+    def with_schedule(self) -> AblationConfig:
+        """This config with its schedule resolved for this machine (what runs is what is recorded)."""
+        return self if self.schedule is not None else self.model_copy(update={"schedule": default_schedule()})
 
     @field_validator("ratios")
     @classmethod
@@ -203,7 +210,7 @@ def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig) ->
         if cfg.synthetic_only:
             variants += [(r, True) for r in cfg.ratios if r > 0]
         for ratio, syn_only in variants:
-            want = round(ratio * len(pool))
+            want = math.floor(ratio * len(pool) + 0.5)  # half up, not Python's half-to-even
             if ratio > 0 and want == 0:
                 raise AblationError(f"ratio {ratio:g} x {len(pool)} real training cases rounds to 0 synthetic cases: "
                                     f"use a ratio of at least {0.5 / len(pool):.2g}")
@@ -268,7 +275,7 @@ def check_generator(plan: MixPlan, real: Dataset, synthetic: Dataset, generator:
             f"configuration {plan.name}: the generator of synthetic dataset {synthetic.name!r} learnt from test-split "
             f"cases {test_seen[:5]} ({generator.source}); expected train-split cases only")
     outside = sorted(set(generator.train_cases) - set(plan.real_pool))
-    if outside and plan.n_synthetic:
+    if outside:
         raise LeakError(
             f"configuration {plan.name}: the generator of synthetic dataset {synthetic.name!r} learnt from "
             f"{len(outside)} real cases outside the configuration's {len(plan.real_pool)}-case real subset "
@@ -284,7 +291,8 @@ def check_no_leak(plan: MixPlan, real: Dataset, synthetic: Dataset | None,
     test = set(plan.test_ids)
     bad = [c for c in plan.real_ids if c in test or rsplit.get(c) != "train"]
     if bad:
-        raise LeakError(f"configuration {plan.name}: real training cases in the test split: {bad[:5]}")
+        raise LeakError(f"configuration {plan.name}: real training cases {bad[:5]} are not in the train split of "
+                        f"dataset {real.name!r} ({real.root / 'manifest.parquet'})")
     outside = sorted(set(plan.real_ids) - set(plan.real_pool)) if plan.real_pool else []
     if outside:
         raise LeakError(f"configuration {plan.name}: real training cases outside its real subset: {outside[:5]}")
@@ -334,12 +342,10 @@ class NnunetData:
     root: str
 
 
-def mix_cases(plan: MixPlan, real: Dataset, synthetic: Dataset | None) -> tuple[list[ExportCase], list[ExportCase]]:
-    real_cases = {c.case_id: c for c in cases_from_dataset(real, ("train", "test"))}
-    syn_cases = {c.case_id: c for c in cases_from_dataset(synthetic, ("train",))} if synthetic is not None else {}
-    train = [real_cases[c] for c in plan.real_ids] + [syn_cases[c] for c in plan.synthetic_ids]
-    test = [real_cases[c] for c in plan.test_ids]
-    return train, test
+def held_out_cases(plan: MixPlan, real: Dataset) -> list[ExportCase]:
+    """The configuration's held-out real test cases with their files."""
+    cases = {c.case_id: c for c in cases_from_dataset(real, ("test",))}
+    return [cases[c] for c in plan.test_ids]
 
 
 def _assign_folds(pre: Path, plans: list[MixPlan]) -> dict[str, int]:
@@ -401,6 +407,7 @@ def prepare_nnunet(workspace: str | Path, ablation: str, plans: list[MixPlan], r
         export_nnunet([real_cases[c] for c in real_ids], raw_root, name, real.label_scheme, did, extra=extra)
         for f in ("gliosynth_folds.json", "splits_final.json"):
             (pre / f).unlink(missing_ok=True)
+        shutil.rmtree(root / "results" / pre.name, ignore_errors=True)  # models of the old plans
         plan_and_preprocess(root, did, schedule, verify=True)
         write_json_atomic(stamp_file, stamp)
         log.info("ablation %s: planned and preprocessed %d real cases once for every configuration (%.1f s)",
@@ -415,12 +422,15 @@ def prepare_nnunet(workspace: str | Path, ablation: str, plans: list[MixPlan], r
         for cid in old.get("ids", []):
             for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
                 (data_dir / f"{cid}{suffix}").unlink(missing_ok=True)
+    # Stamped before preprocessing: a run killed half-way leaves every preprocessed case listed.
+    kept = set(old.get("ids", [])) if old.get("digest") == syn_digest else set()
+    write_json_atomic(syn_stamp_file, {"digest": syn_digest, "ids": sorted(kept | set(syn_ids))})
     if syn_ids:
         export_nnunet([real_cases[c] for c in real_ids] + [syn_cases[c] for c in syn_ids], raw_root, name,
                       real.label_scheme, did, extra=extra)
         preprocess_cases(root, did, schedule, syn_ids)
-    write_json_atomic(syn_stamp_file, {"digest": syn_digest, "ids": sorted(set(syn_ids) | set(old.get("ids", [])))
-                                       if old.get("digest") == syn_digest else syn_ids})
+    # What the preprocessed data are: a trained fold records it, and is trained again when it changes.
+    write_json_atomic(pre / "gliosynth_data.json", {**stamp, "synthetic_manifest_sha256": syn_digest})
     return NnunetData(dataset_id=did, folds=_assign_folds(pre, plans), root=str(root))
 
 
@@ -452,17 +462,18 @@ def run_configuration(
     other configurations go on.
     """
     from components.metrics.segmentation import SegmentationEvalConfig, evaluate_pairs
+    from components.segmentation.gpus import gpu_pool
     from components.segmentation.nnunet import SCHEDULES, predict, resolve_device, train
     from components.tracking import PHANTOM_NOTE, finite_metrics, start_run
 
     ws = Path(workspace).resolve()
-    schedule = SCHEDULES[cfg.schedule]
+    schedule = SCHEDULES[cfg.with_schedule().schedule]
     fold = data.folds[plan.name]
     params = {
         "config": plan.name, "ratio": plan.ratio, "requested_synthetic": plan.requested_synthetic,
         "seed": plan.seed, "synthetic_only": plan.synthetic_only, "real_fraction": cfg.real_fraction,
         "real_subset_size": len(plan.real_pool), "subset_seed": cfg.subset_seed,
-        "high_quality": cfg.high_quality, "n_test": len(plan.test_ids), "schedule": cfg.schedule,
+        "high_quality": cfg.high_quality, "n_test": len(plan.test_ids), "schedule": cfg.with_schedule().schedule,
         "nnunet_configuration": schedule.configuration, "nnunet_dataset_id": data.dataset_id, "nnunet_fold": fold,
         "device": str(resolve_device(schedule.device)),
         "real_dataset": real.name, "real_manifest_sha256": real.manifest_digest,
@@ -481,14 +492,19 @@ def run_configuration(
     if real.info.get("kind") == "phantom":
         tags["note"] = PHANTOM_NOTE
     try:
-        with start_run(ws, cfg.experiment, plan.name, parent_run_id=parent_run_id, tags=tags) as run:
+        with start_run(ws, cfg.experiment, plan.name, parent_run_id=parent_run_id, tags=tags) as run, \
+                contextlib.ExitStack() as stack:
             result.run_id = run.run_id
             run.log_params(params)
             check_no_leak(plan, real, synthetic, generator)
-            _, test_cases = mix_cases(plan, real, synthetic)
+            tests = held_out_cases(plan, real)
             if not plan.train_ids:
                 raise AblationError(f"configuration {plan.name}: no training case")
-            trained = train(data.root, data.dataset_id, schedule, fold=fold, seed=plan.seed)
+            gpu = stack.enter_context(gpu_pool().claim()) if params["device"] == "cuda" else None
+            if gpu is not None:
+                run.log_params({"gpu": gpu})
+                result.params["gpu"] = gpu
+            trained = train(data.root, data.dataset_id, schedule, fold=fold, seed=plan.seed, gpu=gpu)
             if trained.train_keys != plan.train_ids:
                 extra = sorted(set(trained.train_keys) - set(plan.train_ids))
                 lost = sorted(set(plan.train_ids) - set(trained.train_keys))
@@ -499,9 +515,10 @@ def run_configuration(
             run.log_params(counts)
             result.params.update(counts)
             preds = predict(trained.model_dir, {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")]
-                                                for c in test_cases}, out_dir / "predictions", schedule, fold=fold)
+                                                for c in tests}, out_dir / "predictions", schedule, fold=fold,
+                            gpu=gpu)
             report = evaluate_pairs(
-                [(c.case_id, preds[c.case_id], c.files["seg"]) for c in test_cases],
+                [(c.case_id, preds[c.case_id], c.files["seg"]) for c in tests],
                 SegmentationEvalConfig.from_preset(real.label_scheme.name, cfg.preset),
             )
             if report.problems:
@@ -515,7 +532,7 @@ def run_configuration(
             run.log_metrics(finite_metrics(metrics))
             run.log_artifact(per_case)
             if cfg.montage_cases:
-                montage = prediction_montage(test_cases[: cfg.montage_cases], preds, out_dir / "predictions.png",
+                montage = prediction_montage(tests[: cfg.montage_cases], preds, out_dir / "predictions.png",
                                              plan.name)
                 run.log_artifact(montage)
             write_json_atomic(out_dir / "mix.json", {**plan.to_dict(), "nnunet_fold": fold,
@@ -609,7 +626,7 @@ def effect_metrics(effects: pd.DataFrame) -> dict[str, float]:
 
 
 def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Path:
-    """Left: mean Dice per region against ratio, 95 % bootstrap interval over test cases (seed-averaged).
+    """Left: mean Dice per region against ratio, 95 % bootstrap interval over seeds and test cases.
     Right: paired difference to the real-only baseline with its 95 % interval."""
     import matplotlib
 
@@ -619,6 +636,9 @@ def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Pat
     from components.io import atomic_path
 
     fig, (ax, axd) = plt.subplots(1, 2, figsize=(10, 4))
+    if effects.empty:  # every configuration failed: an empty, labelled figure, not a crash
+        effects = pd.DataFrame(columns=["ratio", "synthetic_only", "n_seeds", "n_cases"])
+        ax.text(0.5, 0.5, "no configuration scored", ha="center", transform=ax.transAxes)
     regions = [c[len("delta_dice_"):] for c in effects.columns
                if c.startswith("delta_dice_") and not c.endswith(("_ci_low", "_ci_high", "_p"))]
     n_seeds = int(effects["n_seeds"].max()) if len(effects) else 0
@@ -644,7 +664,7 @@ def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Pat
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     fig.suptitle((title + "\n" if title else "") + f"mean over {n_seeds} seed(s), {n_cases} test cases; "
-                 "error bars: 95 % bootstrap interval over test cases", fontsize=9)
+                 "error bars: 95 % bootstrap interval over seeds and test cases", fontsize=9)
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -21,24 +21,26 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from components.io import (
     atomic_dir,
     link_or_copy,
+    nifti_claimed_and_held_bytes,
     nifti_from_bytes,
     save_like,
     sha256_bytes,
     sha256_file,
     stat_fingerprint,
 )
+from components.progress import tqdm
 from data_catalog import (
     MODALITIES,
     STATUS_OK,
     STATUS_QUARANTINED,
     assign_split,
     dataset_dir,
+    label_scheme_names,
     load_label_scheme,
     load_layouts,
     register_dataset,
@@ -70,6 +72,15 @@ class IngestConfig(BaseModel):
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of cases hashed into the test split")
     split_salt: str = "gliosynth"
     workers: int = Field(2, ge=1)
+
+    @field_validator("label_scheme", "layout")
+    @classmethod
+    def _known(cls, v: str, info: ValidationInfo) -> str:
+        # the registries are YAML data (data_catalog/), so the allowed values are read, not listed
+        known = ["auto", *(label_scheme_names() if info.field_name == "label_scheme" else load_layouts())]
+        if v not in known:
+            raise ValueError(f"unknown {info.field_name.replace('_', ' ')} {v!r}: expected one of {known}")
+        return v
 
 
 @dataclass
@@ -177,7 +188,20 @@ class _Loaded:
     array: np.ndarray
 
 
+def _check_header_size(case_id: str, key: str, path: Path) -> None:
+    """Refuse a file whose header claims more data than the file holds, before reading the data."""
+    try:
+        claimed, held, what = nifti_claimed_and_held_bytes(path)
+    except Exception:  # an unreadable header is reported by the full read below, with its reason
+        return
+    if claimed > held:
+        raise CaseProblem(
+            f"case {case_id}: file {path.name} ({key}) is unreadable or truncated: its header claims {what} "
+            f"({claimed / 2**20:,.1f} MiB), expected a file that holds that much data, found {held / 2**20:,.1f} MiB")
+
+
 def _load(case_id: str, key: str, path: Path) -> _Loaded:
+    _check_header_size(case_id, key, path)
     try:
         data = path.read_bytes()
         img = nifti_from_bytes(data, path.name)

@@ -153,6 +153,32 @@ def link_or_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
             shutil.copyfile(src, tmp)
 
 
+def nifti_claimed_and_held_bytes(path: str | os.PathLike) -> tuple[int, int, str]:
+    """(bytes the header claims, bytes the file can hold, a description of the claim), from the header alone.
+
+    The claim is the voxel offset plus shape x data type; what the file holds is its size, or for a
+    gzip file the uncompressed size its trailer records (modulo 2**32, as gzip stores it). Lets a
+    reader refuse a corrupt header before it allocates what the header says.
+    """
+    path = Path(path)
+    img = nib.load(str(path))  # reads the header only; the data stay on disk
+    hdr = img.header
+    shape = tuple(int(v) for v in hdr.get_data_shape())
+    dtype = np.dtype(hdr.get_data_dtype())
+    claimed = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+        if gz:
+            fh.seek(-4, os.SEEK_END)
+            held = int.from_bytes(fh.read(4), "little")
+            if claimed > held and (claimed - held) % 2**32 == 0:
+                held = claimed  # a stream over 4 GiB: the trailer wraps, and this size is consistent
+        else:
+            held = size
+    return claimed, held, f"shape {shape} {dtype.name}"
+
+
 def nifti_from_bytes(data: bytes, name: str = "") -> nib.Nifti1Image:
     """Parse NIfTI-1/2 bytes (gzipped or not) fully into memory.
 

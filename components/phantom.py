@@ -21,12 +21,20 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
 from components.io import atomic_dir, write_case_volumes
-from data_catalog import MODALITIES, STATUS_OK, assign_split, dataset_dir, load_label_scheme, register_dataset
+from components.progress import tqdm
+from data_catalog import (
+    MODALITIES,
+    STATUS_OK,
+    assign_split,
+    dataset_dir,
+    label_scheme_names,
+    load_label_scheme,
+    register_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,14 @@ class PhantomConfig(BaseModel):
     cases: int = Field(8, ge=1)
     spacing: float = Field(2.0, gt=0.0, le=8.0, description="isotropic voxel size in mm")
     label_scheme: str = Field("brats2023", description="brats2023 or brats2024_post")
+
+    @field_validator("label_scheme")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        known = label_scheme_names(canonical_only=True)
+        if v not in known:
+            raise ValueError(f"unknown label scheme {v!r}: expected one of {known}")
+        return v
     seed: int = 0
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_salt: str = "gliosynth"
@@ -307,8 +323,6 @@ class PhantomSummary:
 def make_phantom(workspace: str | Path, name: str, config: PhantomConfig | None = None, progress: bool | None = None) -> PhantomSummary:
     """Write a phantom dataset of kind ``phantom`` under the dataset contract."""
     cfg = config or PhantomConfig()
-    if not load_label_scheme(cfg.label_scheme).canonical:
-        raise ValueError(f"phantom label scheme must be brats2023 or brats2024_post, got {cfg.label_scheme!r}")
     t0 = time.perf_counter()
     load_anatomy(cfg.spacing)  # once, before the workers share it
     root = dataset_dir(workspace, name)

@@ -32,13 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "numexpr"):  # one line per HTTP request to Prefect's API is noise
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    workspace = getattr(args, "workspace", None)
-    if workspace is None and getattr(args, "config", None):
-        from flows.pipeline import load_config
-
-        workspace = load_config(args.config).workspace
-    configure_workspace(workspace or "workspace")
     try:
+        workspace = getattr(args, "workspace", None)
+        if getattr(args, "config", None) and args.verb == "pipeline":
+            from flows.pipeline_config import load_config
+
+            cfg = load_config(args.config)  # every key checked before Prefect starts
+            workspace = workspace or cfg.workspace
+        configure_workspace(workspace or "workspace")
         return args.handler(args)
     except Exception as err:  # one clear line for the user; details with -v
         from components.brats import IngestError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,6 +64,9 @@ def check_ablation(params: AblationParams) -> tuple[Dataset, Dataset | None, lis
 @flow(name="ablation", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def ablation_flow(params: AblationParams) -> dict:
     logger = get_run_logger()
+    # The schedule this machine runs (nnU-Net's full one on a GPU unless asked otherwise) is fixed
+    # here, so every configuration, cache key and MLflow run records the same one.
+    params = params.model_copy(update={"config": params.config.with_schedule()})
     ws = str(Path(params.workspace).resolve())
     real, syn, mixes = check_ablation(params)
     plans = [p.to_dict() for p in mixes]
@@ -75,8 +78,10 @@ def ablation_flow(params: AblationParams) -> dict:
     parent = parent_run_task(plans=plans, synthesis_metrics=params.synthesis_metrics, **common)
     data = prepare_nnunet_task(workspace=ws, ablation=params.name, plans=plans, real=real.name,
                                synthetic=syn.name if syn else None, config=params.config)
-    futures = configuration_task.map(plan=plans, parent_run_id=unmapped(parent), data=unmapped(data),
-                                     **{k: unmapped(v) for k, v in common.items()})
+    # A cached configuration whose per-case scores were deleted runs again (the summary reads them).
+    futures = [configuration_task.with_options(
+        refresh_cache=not (Path(ws) / "ablations" / params.name / p["name"] / "per_case.csv").is_file()).submit(
+        plan=p, parent_run_id=parent, data=data, **common) for p in plans]
     results = []
     for plan, fut in zip(plans, futures, strict=True):
         fut.wait()

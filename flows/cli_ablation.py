@@ -58,9 +58,9 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
                    "learnt from that subset only: the pipeline's `ablation.real_fractions` trains one per subset")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the real subset (default: 0)")
     p.add_argument("--high-quality", action="store_true", help="take synthetic cases by descending quality score")
-    p.add_argument("--schedule", default="cpu-demo", choices=["tiny", "cpu-demo", "full"],
+    p.add_argument("--schedule", default=None, choices=["tiny", "cpu-demo", "full"],
                    help="nnU-Net schedule: tiny (tests), cpu-demo (2d, 5 epochs x 50 iterations, CPU) or full "
-                   "(nnU-Net's 3d_fullres default, GPU)")
+                   "(nnU-Net's 3d_fullres default, GPU) (default: full where a CUDA GPU is visible, else cpu-demo)")
     p.add_argument("--preset", default="brats2023", choices=["brats2023", "brats2024"], help="lesion-wise preset")
     p.add_argument("--experiment", default="gliosynth-ablation", help="MLflow experiment name")
     p.add_argument("--task-runner", default="threads", choices=["threads", "dask"],
@@ -82,7 +82,8 @@ def _run_ablation(a: argparse.Namespace) -> int:
     try:
         cfg = AblationConfig(ratios=tuple(a.ratios), seeds=tuple(a.seeds), synthetic_only=a.synthetic_only,
                              real_fraction=a.real_fraction, subset_seed=a.subset_seed, high_quality=a.high_quality,
-                             schedule=a.schedule, preset=a.preset, experiment=a.experiment)
+                             preset=a.preset, experiment=a.experiment,
+                             **({"schedule": a.schedule} if a.schedule else {}))
     except ValidationError as err:
         e = err.errors()[0]
         raise ValueError(f"ablation option --{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None

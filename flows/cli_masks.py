@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from flows.cli_common import workspace_arg
@@ -30,22 +29,28 @@ def _add_augment_masks(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated source splits to augment, e.g. 'train' (default: train,test; a mask always keeps its source's split)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: 2)")
     p.add_argument("--config", default=None,
-                   help="JSON file with MaskAugmentConfig fields (transform probabilities and ranges, check bounds); "
-                        "flags given on the command line override it")
+                   help="YAML file with MaskAugmentConfig fields (transform probabilities and ranges, check bounds), "
+                        "the format of every other config (JSON, a subset of YAML, is read too); flags given on the "
+                        "command line override it")
     workspace_arg(p)
     p.set_defaults(handler=_run_augment_masks)
 
 
 def _run_augment_masks(a: argparse.Namespace) -> int:
+    import yaml
+
     from components.masks import MaskAugmentConfig
     from flows.masks import AugmentMasksParams, augment_masks_flow
 
     fields: dict = {}
     if a.config:
         try:
-            fields = json.loads(Path(a.config).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--config {a.config}: cannot read a JSON object of MaskAugmentConfig fields ({err})") from err
+            fields = yaml.safe_load(Path(a.config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--config {a.config}: cannot read a YAML mapping of MaskAugmentConfig fields ({err})") from err
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {a.config}: expected a YAML mapping of MaskAugmentConfig fields, "
+                             f"found a {type(fields).__name__}")
     fields.update(per_case=a.per_case, seed=a.seed)
     if a.max_draws is not None:
         fields["max_draws"] = a.max_draws

@@ -9,113 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.ablation import AblationConfig
-from components.brats import IngestConfig
-from components.masks import MaskAugmentConfig
-from components.metrics.synthesis import SynthesisEvalConfig
-from components.phantom import PhantomConfig
-from components.synthesis.config import SynthesizeConfig
 from data_catalog import open_dataset
-from flows.runners import RunnerConfig, make_task_runner
-
-
-class DataStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = "phantom"
-    phantom: PhantomConfig | None = None
-    source: str | None = Field(None, description="a BraTS/MSD release folder to ingest (instead of the phantom)")
-    ingest: IngestConfig = IngestConfig()
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataStage:
-        if (self.phantom is None) == (self.source is None):
-            raise ValueError("data: give exactly one of `phantom` (embedded default) or `source` (a release folder)")
-        return self
-
-
-class MasksStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = "masks"
-    config: MaskAugmentConfig = MaskAugmentConfig(splits=("train",))
-
-
-class SynthesizerStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = "synthesizer"
-    profile: str = "cpu-demo"
-    steps: int | None = None
-
-
-class SynthesisStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = "synthetic"
-    config: SynthesizeConfig = SynthesizeConfig()
-
-
-class EvaluationStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    config: SynthesisEvalConfig = SynthesisEvalConfig()
-
-
-class AblationStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = "ablation"
-    config: AblationConfig = AblationConfig()
-    real_fractions: tuple[float, ...] = Field(
-        (1.0,), min_length=1, description="one arm per fraction of the real training cases; an arm below 1 (the "
-        "data-scarce case) gets its own real subset, masks, generator, synthetic set and ablation, so no generator "
-        "learns from real cases its configurations do not train on")
-
-    @field_validator("real_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        bad = [f for f in v if not 0.0 < f <= 1.0]
-        if bad or len(set(v)) != len(v):
-            raise ValueError(f"real_fractions must be distinct numbers in (0, 1]; got {list(v)}")
-        return v
-
-    @model_validator(mode="after")
-    def _subset_by_arms(self) -> AblationStage:
-        if self.config.real_fraction != 1.0:
-            raise ValueError("ablation.config.real_fraction: in a pipeline the data-scarce case is an arm with its "
-                             "own generator; set ablation.real_fractions (e.g. [1.0, 0.3]) and leave real_fraction 1")
-        return self
-
-    def arm_suffix(self, fraction: float) -> str:
-        return "" if fraction == 1.0 else "-f" + f"{fraction:g}".replace(".", "p")
-
-
-class ExportStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    brats: bool = True
-    nnunet: bool = True
-
-
-class PipelineConfig(BaseModel):
-    """The whole DAG's settings (one YAML file)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    workspace: str = "workspace"
-    data: DataStage
-    masks: MasksStage = MasksStage()
-    synthesizer: SynthesizerStage = SynthesizerStage()
-    synthesis: SynthesisStage = SynthesisStage()
-    evaluation: EvaluationStage = EvaluationStage()
-    export: ExportStage = ExportStage()
-    ablation: AblationStage = AblationStage()
-    runner: RunnerConfig = RunnerConfig()
-
-
-def load_config(path: str | Path) -> PipelineConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"pipeline config {path} does not exist (see configs/demo.yaml)")
-    with open(path, encoding="utf-8") as fh:
-        return PipelineConfig.model_validate(yaml.safe_load(fh) or {})
+from flows.pipeline_config import (  # noqa: F401 - the config's names, re-exported for callers of this module
+    AblationStage,
+    ConfigError,
+    DataStage,
+    PipelineConfig,
+    check_arms,
+    load_config,
+)
+from flows.runners import make_task_runner
+from tasks.common import run_cached
 
 
 def _synthesis_metrics(csv_path: str) -> dict[str, float]:
@@ -143,14 +49,16 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
         data = phantom_flow(PhantomParams(workspace=ws, name=d.name, config=d.phantom))
     else:
         data = ingest_flow(IngestParams(source=d.source, name=d.name, workspace=ws, config=d.ingest))
+    check_arms(cfg, open_dataset(ws, d.name))  # before masks, generators and synthesis: the grid fits the data
     arms = []
     for fraction in cfg.ablation.real_fractions:
         sfx = cfg.ablation.arm_suffix(fraction)
         real_name = d.name
         if fraction < 1.0:
             real_name = f"{d.name}{sfx}"
-            real_subset_task(workspace=ws, real=d.name, real_sha256=open_dataset(ws, d.name).manifest_digest,
-                             fraction=fraction, subset_seed=cfg.ablation.config.subset_seed, name=real_name)
+            run_cached(real_subset_task, [Path(ws) / "datasets" / real_name / "dataset.json"], workspace=ws,
+                       real=d.name, real_sha256=open_dataset(ws, d.name).manifest_digest, fraction=fraction,
+                       subset_seed=cfg.ablation.config.subset_seed, name=real_name)
             logger.info("data-scarce arm %s: %s keeps %.0f %% of the real training cases, with its own masks, "
                         "generator and synthetic set", sfx, real_name, 100 * fraction)
         masks = augment_masks_flow(AugmentMasksParams(source=real_name, name=cfg.masks.name + sfx, workspace=ws,
@@ -163,14 +71,15 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                                                      config=cfg.synthesis.config))
         scores = evaluate_synthesis_flow(SynthesisEvalParams(real=real_name, synthetic=cfg.synthesis.name + sfx,
                                                              workspace=ws, config=cfg.evaluation.config))
-        if fraction == cfg.ablation.real_fractions[0]:
+        if fraction == max(cfg.ablation.real_fractions):  # the arm with the most real data is the one shared
             exports = {}
             if cfg.export.brats:
                 exports["brats"] = export_flow(ExportParams(
-                    workspace=ws, dataset=cfg.synthesis.name, format="brats",
-                    out=str(Path(ws) / "exports" / f"{cfg.synthesis.name}-brats")))
+                    workspace=ws, dataset=cfg.synthesis.name + sfx, format="brats",
+                    out=str(Path(ws) / "exports" / f"{cfg.synthesis.name}{sfx}-brats")))
             if cfg.export.nnunet:
-                exports["nnunet"] = export_flow(ExportParams(workspace=ws, dataset=cfg.synthesis.name, format="nnunet",
+                exports["nnunet"] = export_flow(ExportParams(workspace=ws, dataset=cfg.synthesis.name + sfx,
+                                                             format="nnunet",
                                                              out=str(Path(ws) / "exports" / "nnunet_raw")))
             first = {"masks": masks, "synthetic": synthetic, "scores": scores, "model": model, "exports": exports}
         ablation = ablation_flow.with_options(task_runner=make_task_runner(cfg.runner))(AblationParams(

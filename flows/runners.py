@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,7 +12,7 @@ class RunnerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: str = Field("threads", description="threads (this machine) or dask (prefect-dask)")
+    kind: Literal["threads", "dask"] = Field("threads", description="threads (this machine) or dask (prefect-dask)")
     max_parallel: int = Field(1, ge=1, description="threads, or Dask workers of a local cluster")
     dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster")
     dask_processes: bool = Field(False, description="local Dask cluster: worker processes instead of threads")

@@ -17,4 +17,6 @@ def configure_workspace(workspace: str | Path) -> Path:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # The components' own log lines (progress, nnU-Net's epochs) reach the flow run's log in the UI.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
     return ws

@@ -67,8 +67,8 @@ def parent_run_task(workspace: str, ablation: str, config: AblationConfig, real:
                         "ratios": list(config.ratios), "seeds": list(config.seeds),
                         "synthetic_only": config.synthetic_only, "real_fraction": config.real_fraction,
                         "subset_seed": config.subset_seed, "high_quality": config.high_quality,
-                        "schedule": config.schedule, "preset": config.preset, "n_configurations": len(plans),
-                        **seed_params(SCHEDULES[config.schedule])})
+                        "schedule": config.with_schedule().schedule, "preset": config.preset, "n_configurations": len(plans),
+                        **seed_params(SCHEDULES[config.with_schedule().schedule])})
         if synthesis_metrics:
             run.log_metrics(finite_metrics(synthesis_metrics))
         return run.run_id
@@ -87,7 +87,7 @@ def prepare_nnunet_task(workspace: str, ablation: str, plans: list[dict], real: 
     real_ds = open_dataset(workspace, real)
     syn_ds = open_dataset(workspace, synthetic) if synthetic else None
     data = prepare_nnunet(workspace, ablation, [MixPlan.from_dict(p) for p in plans], real_ds, syn_ds,
-                          SCHEDULES[config.schedule])
+                          SCHEDULES[config.with_schedule().schedule])
     return asdict(data)
 
 

@@ -24,8 +24,8 @@ REQUIRED = ["case_id", "status", "reason", "split", "seg", "head", "sha256_seg",
 def run(tmp_path_factory, prefect_harness):
     ws = tmp_path_factory.mktemp("masks") / "ws"
     b.write_mask_source(ws, "src")
-    cfg = ws.parent / "masks.json"
-    cfg.write_text(json.dumps({"montage_cases": 2, "relocate": {"p": 0.7}}))
+    cfg = ws.parent / "masks.yaml"  # YAML, like every other config
+    cfg.write_text("montage_cases: 2\nrelocate:\n  p: 0.7  # relocation more often than the default\n")
     rc = main(["augment-masks", "--workspace", str(ws), "--source", "src", "--name", "m", "--per-case", "3",
                "--seed", "5", "--workers", "1", "--config", str(cfg)])
     return ws, rc

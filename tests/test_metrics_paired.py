@@ -49,6 +49,21 @@ def test_no_effect_gives_an_interval_around_zero():
     assert eff.loc[2.0, "delta_dice_WT_p"] > 0.05
 
 
+def test_the_interval_carries_the_spread_of_training_seeds():
+    """Seed 0 gains +0.08 on every case and seed 1 loses 0.02: every case's seed mean is +0.03, but
+    two training runs that disagree this much do not show an effect; the interval must say so."""
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.5, 0.9, 10)
+    jitter = rng.normal(0, 0.002, (2, 10))
+    t = _table({(0.0, 0): base, (0.0, 1): base, (1.0, 0): base + 0.08 + jitter[0], (1.0, 1): base - 0.02 + jitter[1]})
+    eff = paired_effects(t, n_resamples=4000).set_index("ratio")
+    assert eff.loc[1.0, "delta_dice_WT"] == pytest.approx(0.03, abs=0.002)
+    assert eff.loc[1.0, "delta_dice_WT_ci_low"] < 0 < eff.loc[1.0, "delta_dice_WT_ci_high"]
+    # resampling the test cases alone would have called it certain
+    assert bootstrap_ci((t.loc[t.ratio == 1, "dice"].to_numpy() - t.loc[t.ratio == 0, "dice"].to_numpy())
+                        .reshape(2, 10, 2)[:, :, 0].mean(axis=0), seed=0)[0] > 0.02
+
+
 def test_bootstrap_ci_is_seeded_and_undefined_below_two_cases():
     x = np.array([0.1, 0.3, 0.2, 0.5])
     assert bootstrap_ci(x, seed=3, n_resamples=500) == bootstrap_ci(x, seed=3, n_resamples=500)

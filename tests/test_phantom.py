@@ -61,5 +61,5 @@ def test_post_treatment_scheme_has_cavity(tmp_path):
 
 
 def test_rejects_a_source_scheme(tmp_path):
-    with pytest.raises(ValueError, match="brats2023 or brats2024_post"):
+    with pytest.raises(ValueError, match="unknown label scheme 'brats2021'"):
         make_phantom(tmp_path, "x", PhantomConfig(cases=1, spacing=6.0, label_scheme="brats2021"), progress=False)

@@ -30,7 +30,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from components.io import atomic_dir, atomic_path, link_or_copy, sha256_file, write_case_volumes
 from components.masks.augment import MaskCase, apply_mask_params, lr_axis_from_affine, sample_mask_params
@@ -38,6 +37,7 @@ from components.masks.checks import CHECK_REASONS, MaskReference, check_mask, ma
 from components.masks.config import MaskAugmentConfig
 from components.masks.features import feature_columns, mask_features
 from components.masks.head import derive_head_mask
+from components.progress import tqdm
 from data_catalog import (
     MODALITIES,
     STATUS_OK,

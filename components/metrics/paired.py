@@ -1,12 +1,11 @@
 """Paired effects of a ratio ablation: each configuration against the real-only baseline, on the same
 test cases and the same seeds, with a bootstrap confidence interval and a Wilcoxon signed-rank test.
 
-The unit of inference is the held-out test case (the population a segmenter is meant for): for a
-ratio r and a seed s, the per-case difference is score(r, s, case) - score(0, s, case), then the
-differences of one case are averaged over the seeds that scored it. The mean of those per-case
-differences is the effect; its 95 % interval is scipy's percentile bootstrap over cases, and its
-p-value scipy's Wilcoxon signed-rank test over the same per-case differences. Seeds are averaged,
-not counted as extra samples: they are repeats of one experiment on the same cases.
+For a ratio r and a seed s the per-case difference is score(r, s, case) - score(0, s, case); the
+effect is the mean over test cases of those differences averaged over seeds. Its 95 % interval is
+a percentile bootstrap that resamples seeds and test cases together, so it carries the spread of
+training runs as well as that of cases. Its p-value is scipy's Wilcoxon signed-rank test over the
+seed-averaged per-case differences (the test cases are its sample).
 """
 
 from __future__ import annotations
@@ -25,15 +24,30 @@ EFFECT_METRICS = {"dice": "dice_{region}", "hd95": "hd95_{region}_mm"}
 
 
 def bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int = 9999, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (NaN with fewer than two values)."""
-    values = np.asarray(values, dtype=float)
-    if values.size < 2:
+    """Percentile bootstrap interval of the mean of a (seeds x cases) matrix, NaN where missing.
+
+    Seeds and cases are resampled together (a two-level bootstrap): the interval widens when the
+    seeds disagree, not only when the cases do. A 1-D input is one seed. NaN with fewer than two
+    cases. Written here because scipy's bootstrap resamples one axis only.
+    """
+    d = np.atleast_2d(np.asarray(values, dtype=float))
+    d = d[:, ~np.all(np.isnan(d), axis=0)]
+    n_seeds, n_cases = d.shape
+    if n_cases < 2:
         return float("nan"), float("nan")
-    if np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    res = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                          rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if np.nanmax(d) == np.nanmin(d):
+        v = float(np.nanmax(d))
+        return v, v
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, n_seeds, (n_resamples, n_seeds))
+    ci = rng.integers(0, n_cases, (n_resamples, n_cases))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample whose seeds all miss one case
+        per_case = np.nanmean(d[si[:, :, None], ci[:, None, :]], axis=1)  # (resamples, cases)
+        stats_ = np.nanmean(per_case, axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.nanquantile(stats_, [alpha, 1 - alpha])
+    return float(lo), float(hi)
 
 
 def wilcoxon_p(diffs: np.ndarray) -> float:
@@ -58,9 +72,11 @@ def paired_effects(per_case: pd.DataFrame, baseline_ratio: float = 0.0, seed: in
     The baseline is the real-only configuration at ``baseline_ratio`` of the same seed.
 
     Columns per region R: ``dice_R`` (mean over seeds and cases) with ``dice_R_ci_low/high``
-    (bootstrap over cases of the seed-averaged score), ``delta_dice_R`` (mean paired difference),
+    (bootstrap over seeds and cases), ``delta_dice_R`` (mean paired difference),
     ``delta_dice_R_ci_low/high``, ``delta_dice_R_p``; the same for ``hd95_R_mm``. Plus ``n_seeds``,
-    ``n_cases`` and ``paired_seeds`` (seeds that had a baseline to pair with).
+    ``n_cases``, ``paired_seeds`` (seeds that had a baseline to pair with) and ``n_paired_cases``. The
+    means cover every seed of the ratio, the differences only seeds with a baseline: they differ only
+    where a configuration failed, which ``paired_seeds`` shows.
     """
     required = {"ratio", "seed", "synthetic_only", "case_id", "region", *EFFECT_METRICS}
     missing = required - set(per_case.columns)
@@ -79,23 +95,27 @@ def paired_effects(per_case: pd.DataFrame, baseline_ratio: float = 0.0, seed: in
                                   "n_seeds": int(part["seed"].nunique()), "n_cases": int(part["case_id"].nunique())}
         joined = part.set_index(key)[list(EFFECT_METRICS)].join(base, rsuffix="_base", how="inner")
         row["paired_seeds"] = int(joined.index.get_level_values("seed").nunique()) if len(joined) else 0
+        row["n_paired_cases"] = int(joined.index.get_level_values("case_id").nunique()) if len(joined) else 0
         for region in regions:
             for col, pattern in EFFECT_METRICS.items():
                 name = pattern.format(region=region)
                 here = part[part["region"] == region]
-                per_case_mean = here.groupby("case_id")[col].mean().dropna().to_numpy()
+                scores = here.pivot_table(index="seed", columns="case_id", values=col, aggfunc="mean")
+                per_case_mean = scores.mean(axis=0).dropna().to_numpy()
                 row[name] = float(np.mean(per_case_mean)) if per_case_mean.size else float("nan")
-                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bootstrap_ci(per_case_mean, seed, n_resamples)
+                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bootstrap_ci(scores.to_numpy(), seed, n_resamples)
                 pr = joined[joined.index.get_level_values("region") == region]
                 diff = (pr[col] - pr[f"{col}_base"]).dropna()
                 d = diff.groupby(level="case_id").mean().to_numpy()
+                diffs = diff.droplevel("region").unstack("case_id") if len(diff) else pd.DataFrame()
                 is_base = ratio == baseline_ratio and not syn_only
                 row[f"delta_{name}"] = 0.0 if is_base else (float(np.mean(d)) if d.size else float("nan"))
-                lo, hi = (float("nan"), float("nan")) if is_base else bootstrap_ci(d, seed, n_resamples)
+                lo, hi = (float("nan"), float("nan")) if is_base else bootstrap_ci(diffs.to_numpy(), seed, n_resamples)
                 row[f"delta_{name}_ci_low"], row[f"delta_{name}_ci_high"] = lo, hi
                 row[f"delta_{name}_p"] = float("nan") if is_base else wilcoxon_p(d)
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=None if rows else ["ratio", "synthetic_only", "n_seeds", "n_cases", "paired_seeds",
+                                                        "n_paired_cases"])
     if not out.empty and not ((out["ratio"] == baseline_ratio) & ~out["synthetic_only"]).any():
         log.warning("no real-only configuration at ratio %g scored: no paired effect can be computed", baseline_ratio)
     return out

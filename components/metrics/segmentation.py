@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
+from components.progress import tqdm
 from data_catalog import LabelScheme, load_label_scheme
 
 log = logging.getLogger(__name__)

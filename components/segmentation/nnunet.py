@@ -12,17 +12,22 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # torch is imported where it is used: configs validate without it
+    import torch
+
+# Named, not __name__: each step runs this file as __main__ and its records are relayed by name.
+log = logging.getLogger("components.segmentation.nnunet")
 
 
 class NnunetSchedule(BaseModel):
@@ -40,6 +45,8 @@ class NnunetSchedule(BaseModel):
     augmentation_processes: int | None = Field(None, ge=0,
                                                description="nnUNet_n_proc_DA; 0 = in-process (deterministic)")
     final_validation: bool = Field(False, description="run nnU-Net's own validation after training")
+    checkpoint_every: int | None = Field(None, ge=1, description="epochs between nnU-Net's checkpoint_latest.pth, "
+                                         "where a killed training resumes (None: nnU-Net's 50)")
 
     @property
     def reproducible(self) -> bool:
@@ -57,10 +64,12 @@ SCHEDULES: dict[str, NnunetSchedule] = {
     # cores, and the real-only model learns the whole tumour on the 4 mm phantom (WT Dice > 0.7;
     # see docs/ablation.md). Augmentation in-process, so a seed replays the run exactly.
     "cpu-demo": NnunetSchedule(configuration="2d", epochs=5, iterations_per_epoch=50, val_iterations_per_epoch=1,
-                               use_mirroring=False, device="cpu", num_processes=2, augmentation_processes=0),
+                               use_mirroring=False, device="cpu", num_processes=2, augmentation_processes=0,
+                               checkpoint_every=1),
     # Seconds on 2 CPU cores at 32^3: for tests of the plumbing only.
     "tiny": NnunetSchedule(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1,
-                           use_mirroring=False, device="cpu", num_processes=1, augmentation_processes=0),
+                           use_mirroring=False, device="cpu", num_processes=1, augmentation_processes=0,
+                           checkpoint_every=1),
     "full": NnunetSchedule(),
 }
 
@@ -72,11 +81,25 @@ class TrainedFold:
     model_dir: Path
     fold: int | str
     train_keys: tuple[str, ...]
+    start_epoch: int = 0
+
+
+def default_schedule() -> str:
+    """nnU-Net's own schedule on a GPU; the CPU demo schedule where there is none."""
+    import torch
+
+    return "full" if torch.cuda.is_available() else "cpu-demo"
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.warning("nnU-Net device 'auto': no CUDA GPU is visible (torch %s, CUDA build %s), training on the CPU",
+                    torch.__version__, torch.version.cuda)
+        return torch.device("cpu")
     return torch.device(name)
 
 
@@ -114,6 +137,8 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
     argument, so this is the only way to make a training run repeatable; the caller's state is
     restored so nothing else is affected.
     """
+    import torch
+
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
@@ -186,15 +211,49 @@ def _preprocess_cases_here(root: str | os.PathLike, dataset_id: int, schedule: N
         return done
 
 
+def _save_checkpoints_atomically(trainer: Any) -> None:
+    """Make the trainer write each checkpoint beside its name and rename it into place.
+
+    nnU-Net writes checkpoints in place: a process killed mid-write leaves a resume point that
+    cannot be read. Its ``save_checkpoint`` takes a file name, so wrapping it is enough.
+    """
+    save = trainer.save_checkpoint
+
+    def save_then_rename(filename: str) -> None:
+        partial = f"{filename}.partial"
+        save(partial)
+        if os.path.isfile(partial):  # nnU-Net skips the write on other ranks or with checkpointing off
+            os.replace(partial, filename)
+
+    trainer.save_checkpoint = save_then_rename
+
+
+def _fold_cases(pre: Path, fold: int | str) -> list[str] | None:
+    """The training cases ``splits_final.json`` lists for a fold (None for 'all' or no split file)."""
+    split_file = pre / "splits_final.json"
+    if fold == "all" or not split_file.is_file():
+        return None
+    splits = json.loads(split_file.read_text())
+    return sorted(splits[int(fold)]["train"]) if int(fold) < len(splits) else None
+
+
 def _train_here(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, fold: int | str,
                 seed: int = 0) -> dict[str, Any]:
     """Train nnUNetTrainer with the schedule's lengths on one fold of ``splits_final.json`` (or 'all').
 
-    Returns the trained model folder and the training case ids nnU-Net itself read from the split,
-    so a caller can check that the model saw exactly the cases it was meant to.
+    Resumable: a fold folder records the schedule, seed and cases it was started with; a training
+    killed after a checkpoint continues from nnU-Net's ``checkpoint_latest.pth`` (nnU-Net's own
+    resume: weights, optimizer, epoch and logs; the augmentation draws after the resume are not
+    those of an uninterrupted run), a finished one is not trained again, and a folder started with
+    anything else is cleared. Returns the model folder, the training case ids nnU-Net itself read
+    from the split (so a caller can check them against the plan) and the epoch training started at.
     """
+    import shutil
+
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    from components.io import write_json_atomic
 
     device = resolve_device(schedule.device)
     with nnunet_paths(root, schedule.augmentation_processes) as paths, seeded_global_rngs(seed):
@@ -202,20 +261,55 @@ def _train_here(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedu
         pre = paths["nnUNet_preprocessed"] / name
         plans = json.loads((pre / "nnUNetPlans.json").read_text())
         dataset_json = json.loads((pre / "dataset.json").read_text())
-        # nnunetv2 2.8 reads this key from the plans dict to decide whether to continue a run.
-        plans["continue_training"] = False
+        out = (paths["nnUNet_results"] / name / f"{nnUNetTrainer.__name__}__{plans['plans_name']}__"
+               f"{schedule.configuration}" / f"fold_{fold}")
+        data_file = pre / "gliosynth_data.json"  # what the preprocessed cases are (written by the ablation)
+        stamp = {"schedule": schedule.model_dump(mode="json"), "seed": seed, "train": _fold_cases(pre, fold),
+                 "data": json.loads(data_file.read_text()) if data_file.is_file() else None}
+        stamp_file = out / "gliosynth_train.json"
+        same = stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+        finished = same and (out / "checkpoint_final.pth").is_file()
+        resume = same and not finished and (out / "checkpoint_latest.pth").is_file()
+        if not same and out.exists():
+            shutil.rmtree(out)
+        # nnunetv2 2.8 reads this key from the plans dict: continue its training log on a resume.
+        plans["continue_training"] = resume
         trainer = nnUNetTrainer(plans, schedule.configuration, fold, dataset_json, device=device)
+        if Path(trainer.output_folder).resolve() != out.resolve():
+            raise RuntimeError(f"nnU-Net trains fold {fold} in {trainer.output_folder}, expected {out}")
         trainer.num_epochs = schedule.epochs
         trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
         trainer.num_val_iterations_per_epoch = schedule.val_iterations_per_epoch
-        t0 = time.perf_counter()
-        trainer.run_training()
-        if schedule.final_validation:
-            trainer.perform_actual_validation(False)
-        log.info("nnU-Net training %s fold %s (%d epochs x %d it): %.1f s", name, fold, schedule.epochs,
-                 schedule.iterations_per_epoch, time.perf_counter() - t0)
+        if schedule.checkpoint_every is not None:
+            trainer.save_every = schedule.checkpoint_every
+        _save_checkpoints_atomically(trainer)
+        start_epoch = schedule.epochs if finished else 0
+        if not same:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(stamp_file, stamp)
+        if resume:
+            try:
+                trainer.load_checkpoint(str(out / "checkpoint_latest.pth"))
+            except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+                log.warning("nnU-Net %s fold %s: checkpoint_latest.pth cannot be read (%s); training from epoch 0",
+                            name, fold, err)
+            else:
+                start_epoch = int(trainer.current_epoch)
+                log.info("nnU-Net %s fold %s: resuming from epoch %d of %d (checkpoint_latest.pth)", name, fold,
+                         start_epoch, schedule.epochs)
+        # The cases nnU-Net itself reads from the split, taken before training uses them.
         train_keys, _ = trainer.do_split()
-        return {"model_dir": str(trainer.output_folder_base), "train_keys": sorted(str(k) for k in train_keys)}
+        t0 = time.perf_counter()
+        if finished:
+            log.info("nnU-Net %s fold %s: already trained with this schedule, seed and cases", name, fold)
+        else:
+            trainer.run_training()
+            if schedule.final_validation:
+                trainer.perform_actual_validation(False)
+            log.info("nnU-Net training %s fold %s (%d epochs x %d it): %.1f s", name, fold, schedule.epochs,
+                     schedule.iterations_per_epoch, time.perf_counter() - t0)
+        return {"model_dir": str(trainer.output_folder_base), "train_keys": sorted(str(k) for k in train_keys),
+                "start_epoch": start_epoch}
 
 
 def _predict_here(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir: str | os.PathLike,
@@ -246,7 +340,20 @@ def _predict_here(model_dir: str | os.PathLike, cases: dict[str, list[Path]], ou
 # forking a process that runs Prefect's (or Dask's) threads deadlocks the children; a fresh,
 # single-threaded process forks safely. It also keeps nnU-Net's environment variables, global RNG
 # seeding and prints out of the caller's process.
-def _run_isolated(step: str, args: dict[str, Any], log_file: Path) -> Any:
+# Lines relayed from the step's process: nnU-Net's own ("<date> <time>: <message>", its
+# print_to_log_file) and this module's log records there ("<LEVEL> components...: <message>").
+# Not relayed (still in the log file): a fold's validation list is its training list by design
+# (see components.ablation), and the architecture plot needs a package nnU-Net leaves optional.
+NNUNET_QUIET = ("Some validation cases are also in the training set", "Unable to plot network architecture",
+                "No module named 'hiddenlayer'")
+NNUNET_LINE_RE = re.compile(r"^(?:\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d+|(?P<level>INFO|WARNING|ERROR) "
+                            r"components\.[\w.]+): (?P<msg>.+)$")
+
+
+def _run_isolated(step: str, args: dict[str, Any], log_file: Path, label: str = "", gpu: str | None = None) -> Any:
+    """Run one nnU-Net step in a fresh process; its output goes to ``log_file`` and, line by line
+    as it happens, nnU-Net's own messages (epoch, losses, pseudo Dice, epoch time) to this
+    module's logger, so a long training can be watched in the Prefect log."""
     import subprocess
     import sys
     import tempfile
@@ -258,15 +365,26 @@ def _run_isolated(step: str, args: dict[str, Any], log_file: Path) -> Any:
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"  # nnU-Net prints; unbuffered, each line arrives when it is printed
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu  # the step sees its one GPU as cuda:0
+    tag = f"nnU-Net {step}{' ' + label if label else ''}"
     t0 = time.perf_counter()
     with open(log_file, "a", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=fh, text=True, check=False)
-        fh.write(proc.stdout)
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+        for line in proc.stdout or ():
+            fh.write(line)
+            fh.flush()
+            m = NNUNET_LINE_RE.match(line.rstrip())
+            if m and m.group("msg").strip() and not any(q in m.group("msg") for q in NNUNET_QUIET):
+                log.log(logging.getLevelName(m.group("level") or "INFO"), "%s: %s", tag, m.group("msg").strip())
+        returncode = proc.wait()
     try:
-        if proc.returncode != 0:
+        if returncode != 0:
             tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
-            raise RuntimeError(f"nnU-Net {step} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
-        log.info("nnU-Net %s: %.1f s (log %s)", step, time.perf_counter() - t0, log_file)
+            raise RuntimeError(f"nnU-Net {step} failed (exit {returncode}); log {log_file}:\n{tail}")
+        log.info("%s: %.1f s (log %s)", tag, time.perf_counter() - t0, log_file)
         return json.loads(Path(result_file).read_text(encoding="utf-8"))
     finally:
         Path(result_file).unlink(missing_ok=True)
@@ -287,20 +405,21 @@ def preprocess_cases(root: str | os.PathLike, dataset_id: int, schedule: NnunetS
 
 
 def train(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedule, fold: int | str = "all",
-          seed: int = 0) -> TrainedFold:
+          seed: int = 0, gpu: str | None = None) -> TrainedFold:
     """Train nnUNetTrainer with the schedule's lengths (seeded) on one fold; see ``_train_here``."""
     out = _run_isolated("train", {"root": str(root), "dataset_id": dataset_id, "schedule": schedule.model_dump(),
                                   "fold": fold, "seed": seed},
-                        Path(root) / "logs" / f"train_{dataset_id}_fold{fold}.log")
-    return TrainedFold(model_dir=Path(out["model_dir"]), fold=fold, train_keys=tuple(out["train_keys"]))
+                        Path(root) / "logs" / f"train_{dataset_id}_fold{fold}.log", label=f"fold {fold}", gpu=gpu)
+    return TrainedFold(model_dir=Path(out["model_dir"]), fold=fold, train_keys=tuple(out["train_keys"]),
+                       start_epoch=int(out.get("start_epoch", 0)))
 
 
 def predict(model_dir: str | os.PathLike, cases: dict[str, list[Path]], out_dir: str | os.PathLike,
-            schedule: NnunetSchedule, fold: int | str = "all") -> dict[str, Path]:
+            schedule: NnunetSchedule, fold: int | str = "all", gpu: str | None = None) -> dict[str, Path]:
     """Predict ``{case_id: [t1n, t1c, t2w, t2f]}`` into ``<out_dir>/<case_id>.nii.gz`` with one fold's model."""
     out = _run_isolated("predict", {"model_dir": str(model_dir), "cases": {k: [str(p) for p in v] for k, v in cases.items()},
                                     "out_dir": str(out_dir), "schedule": schedule.model_dump(), "fold": fold},
-                        Path(out_dir) / "predict.log")
+                        Path(out_dir) / "predict.log", gpu=gpu)
     return {k: Path(v) for k, v in out.items()}
 
 

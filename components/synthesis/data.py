@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from components.io import atomic_path, load_nifti, write_json_atomic
+from components.progress import tqdm
 from components.synthesis.config import DataConfig, SynthesisError
 from data_catalog import MODALITIES, Dataset, LabelScheme
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from tqdm.auto import tqdm
 
+from components.progress import tqdm
 from components.synthesis.config import DiffusionConfig, SynthesisError, SynthesizeConfig, SynthesizerConfig
 from components.synthesis.data import one_hot
 from components.synthesis.network import N_MODALITIES, build_scheduler

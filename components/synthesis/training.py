@@ -27,9 +27,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from components.io import atomic_path, remove_stale_temp, sha256_file, write_json_atomic, write_text_atomic
+from components.progress import tqdm
 from components.synthesis.config import SynthesisError, SynthesizerConfig
 from components.synthesis.data import (
     HEAD,

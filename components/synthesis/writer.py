@@ -25,9 +25,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from components.io import atomic_dir, sha256_file, write_case_volumes
+from components.progress import tqdm
 from components.synthesis.config import SynthesisError, SynthesizeConfig
 from components.synthesis.data import (
     FittedCase,

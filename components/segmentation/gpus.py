@@ -1,0 +1,72 @@
+"""One GPU per nnU-Net step when ablation configurations run side by side.
+
+Configurations that fan out on threads (or on a Dask cluster's threads) share this process, and
+every nnU-Net step runs in a child process: the pool hands each step one free GPU, which the child
+sees alone through ``CUDA_VISIBLE_DEVICES``, and makes a configuration wait while all are busy, so
+``max_parallel`` above the number of GPUs never puts two trainings on one card. On a cluster whose
+workers each get their own GPU (their ``CUDA_VISIBLE_DEVICES`` set by the scheduler) every worker
+sees one GPU and uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+
+class GpuPool:
+    """A fixed set of GPU ids handed out one at a time to whoever asks (thread-safe)."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = list(ids)
+        self._free = list(ids)
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[str | None]:
+        """A free GPU id for the block (waiting while none is free), or None where there is no GPU."""
+        if not self.ids:
+            yield None
+            return
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            gpu = self._free.pop(0)
+        try:
+            yield gpu
+        finally:
+            with self._cond:
+                self._free.append(gpu)
+                self._cond.notify()
+
+
+def visible_gpu_ids() -> list[str]:
+    """The GPUs this process may use, as ids for CUDA_VISIBLE_DEVICES (respecting one already set)."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and env.strip():
+        ids = [i.strip() for i in env.split(",") if i.strip()]
+        return ids[:n] if n else []
+    return [str(i) for i in range(n)]
+
+
+_POOL: GpuPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def gpu_pool() -> GpuPool:
+    """The process-wide pool over the visible GPUs (built on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = GpuPool(visible_gpu_ids())
+            if _POOL.ids:
+                log.info("nnU-Net steps get one GPU each from %d visible: %s", len(_POOL.ids), ",".join(_POOL.ids))
+        return _POOL

@@ -1,0 +1,55 @@
+"""One GPU per nnU-Net step: configurations running side by side never share a card."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from components.segmentation.gpus import GpuPool, visible_gpu_ids
+
+
+def test_parallel_claims_never_share_a_gpu_and_wait_when_all_are_busy():
+    pool = GpuPool(["0", "1"])
+    holding: list[str] = []
+    seen: list[str] = []
+    peak = [0]
+    lock = threading.Lock()
+
+    def configuration() -> None:
+        with pool.claim() as gpu:
+            with lock:
+                assert gpu not in holding
+                holding.append(gpu)
+                seen.append(gpu)
+                peak[0] = max(peak[0], len(holding))
+            time.sleep(0.05)
+            with lock:
+                holding.remove(gpu)
+
+    threads = [threading.Thread(target=configuration) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(seen) == 5 and set(seen) == {"0", "1"} and peak[0] == 2
+
+
+def test_without_a_gpu_a_claim_is_none_at_once():
+    with GpuPool([]).claim() as gpu:
+        assert gpu is None
+
+
+def test_auto_device_says_when_it_falls_back_to_the_cpu(caplog):
+    import torch
+
+    from components.segmentation.nnunet import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: nothing falls back")
+    with caplog.at_level(logging.WARNING, logger="components.segmentation.nnunet"):
+        assert resolve_device("auto").type == "cpu"
+    assert any("no CUDA GPU is visible" in r.getMessage() for r in caplog.records)
+    assert visible_gpu_ids() == []
