@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Verbs that read what earlier stages wrote: a mistyped --workspace is an error, never a new folder.
+READS_WORKSPACE = {"datasets", "ablation", "augment-masks", "evaluate-synthesis", "export", "synthesize",
+                   "train-synthesizer"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -39,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config)  # every key checked before Prefect starts
             workspace = workspace or cfg.workspace
+        if args.verb in READS_WORKSPACE and not Path(workspace or "workspace").is_dir():
+            raise ValueError(f"workspace {workspace or 'workspace'} does not exist: expected the folder that holds "
+                             f"datasets/ and models/ (create one with `phantom`, `ingest` or `pipeline`)")
         configure_workspace(workspace or "workspace")
         return args.handler(args)
     except Exception as err:  # one clear line for the user; details with -v

@@ -73,3 +73,12 @@ def test_a_missing_config_file_without_a_workspace_is_one_sentence(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: pipeline config {tmp_path / 'missing.yaml'} does not exist: expected a YAML file such as "
         f"configs/demo.yaml"]
+
+
+def test_a_mistyped_workspace_is_an_error_not_a_new_folder(tmp_path):
+    typo = tmp_path / "worskpace"
+    proc = subprocess.run([sys.executable, "-m", "flows", "datasets", "--workspace", str(typo)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"workspace {typo} does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not typo.exists()
