@@ -176,7 +176,24 @@ def nifti_claimed_and_held_bytes(path: str | os.PathLike) -> tuple[int, int, str
                 held = claimed  # a stream over 4 GiB: the trailer wraps, and this size is consistent
         else:
             held = size
+    if gz and claimed > held:
+        held = _gunzipped_size(path, claimed)  # the trailer covers only a multi-member file's last member
     return claimed, held, f"shape {shape} {dtype.name}"
+
+
+def _gunzipped_size(path: Path, enough: int, chunk: int = 1 << 20) -> int:
+    """Bytes the gzip file decompresses to, counted in chunks (constant memory), stopping at ``enough``."""
+    n = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while n < enough:
+                block = fh.read(chunk)
+                if not block:
+                    break
+                n += len(block)
+    except (OSError, EOFError):  # truncated or corrupt: what could be read is what it holds
+        pass
+    return n
 
 
 def nifti_from_bytes(data: bytes, name: str = "") -> nib.Nifti1Image:

@@ -59,3 +59,16 @@ def test_an_oversized_header_is_quarantined_within_the_memory_of_its_file(tmp_pa
     assert "header claims shape (1000, 1000, 1000) float32" in bad_row["reason"] and "t2f" in bad_row["reason"]
     assert m.loc[b.case_id("brats2023", 0), "status"] == "ok"  # one bad case never stops the dataset
     assert json.loads((tmp_path / "ws" / "datasets" / "rel" / "dataset.json").read_text())["n_quarantined"] == 1
+
+
+def test_a_valid_multi_member_gzip_is_not_mistaken_for_an_oversized_header(tmp_path):
+    """gzip's size trailer covers only the last member of a file written in several (pigz -i, bgzip)."""
+    from components.io import nifti_claimed_and_held_bytes
+
+    img = nib.Nifti1Image(np.arange(20 * 20 * 16, dtype=np.float32).reshape(20, 20, 16), np.eye(4))
+    raw = img.to_bytes()
+    f = tmp_path / "multi.nii.gz"
+    f.write_bytes(b"".join(gzip.compress(raw[i:i + 4096]) for i in range(0, len(raw), 4096)))
+    assert int.from_bytes(f.read_bytes()[-4:], "little") < len(raw)  # the trailer alone would refuse it
+    claimed, held, _ = nifti_claimed_and_held_bytes(f)
+    assert held >= claimed
