@@ -36,9 +36,9 @@ class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
         self._logged_n: float | None = None
         super().__init__(*args, **kwargs)
 
-    def display(self, msg: str | None = None, pos: int | None = None) -> bool | None:
+    def display(self, msg: str | None = None, pos: int | None = None, **kwargs: Any) -> bool | None:
         if not self._log_lines:
-            return super().display(msg, pos)
+            return super().display(msg, pos, **kwargs)
         now = time.monotonic()
         if now - self._last_log >= self._every:
             self._last_log = now
@@ -47,7 +47,7 @@ class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
         return None
 
     def close(self) -> None:
-        if self._log_lines and not self.disable:
+        if getattr(self, "_log_lines", False) and not getattr(self, "disable", True):
             if self._logged_n != self.n:  # the final count, once
                 log.info("%s", self.format_meter(**self.format_dict))
             self._log_lines = False

@@ -11,8 +11,8 @@ import pytest
 from components.segmentation.gpus import GpuPool, visible_gpu_ids
 
 
-def test_parallel_claims_never_share_a_gpu_and_wait_when_all_are_busy():
-    pool = GpuPool(["0", "1"])
+def test_parallel_claims_never_share_a_gpu_and_wait_when_all_are_busy(tmp_path):
+    pool = GpuPool(["0", "1"], lock_dir=tmp_path, poll_s=0.01)
     holding: list[str] = []
     seen: list[str] = []
     peak = [0]
@@ -35,6 +35,20 @@ def test_parallel_claims_never_share_a_gpu_and_wait_when_all_are_busy():
     for t in threads:
         t.join(timeout=10)
     assert len(seen) == 5 and set(seen) == {"0", "1"} and peak[0] == 2
+
+
+def test_another_process_holding_a_gpu_is_respected(tmp_path):
+    """Dask worker processes each build their own pool: the lock is what they share."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom components.segmentation.gpus import GpuPool\n"
+            "with GpuPool(['0'], lock_dir=sys.argv[1]).claim() as g:\n    print(g, flush=True)\n    time.sleep(3)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "0"  # the other process holds GPU 0
+    with GpuPool(["0", "1"], lock_dir=tmp_path, poll_s=0.01).claim() as gpu:
+        assert gpu == "1"
+    other.wait(timeout=30)
 
 
 def test_without_a_gpu_a_claim_is_none_at_once():

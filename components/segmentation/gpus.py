@@ -2,7 +2,8 @@
 
 Configurations that fan out on threads (or on a Dask cluster's threads) share this process, and
 every nnU-Net step runs in a child process: the pool hands each step one free GPU, which the child
-sees alone through ``CUDA_VISIBLE_DEVICES``, and makes a configuration wait while all are busy, so
+sees alone through ``CUDA_VISIBLE_DEVICES`` (held by a file lock, so separate worker processes
+share the count too), and makes a configuration wait while all are busy, so
 ``max_parallel`` above the number of GPUs never puts two trainings on one card. On a cluster whose
 workers each get their own GPU (their ``CUDA_VISIBLE_DEVICES`` set by the scheduler) every worker
 sees one GPU and uses it.
@@ -11,21 +12,29 @@ sees one GPU and uses it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 class GpuPool:
-    """A fixed set of GPU ids handed out one at a time to whoever asks (thread-safe)."""
+    """A fixed set of GPU ids handed out one at a time, across threads and processes of this machine.
 
-    def __init__(self, ids: list[str]):
+    Each id is held by an exclusive lock on a file in the temp folder, so Dask worker processes
+    (each with a pool of its own) never hand out the same GPU twice either.
+    """
+
+    def __init__(self, ids: list[str], lock_dir: str | os.PathLike | None = None, poll_s: float = 1.0):
         self.ids = list(ids)
-        self._free = list(ids)
-        self._cond = threading.Condition()
+        self.lock_dir = Path(lock_dir or tempfile.gettempdir())
+        self.poll_s = poll_s
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[str | None]:
@@ -33,16 +42,21 @@ class GpuPool:
         if not self.ids:
             yield None
             return
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            gpu = self._free.pop(0)
-        try:
-            yield gpu
-        finally:
-            with self._cond:
-                self._free.append(gpu)
-                self._cond.notify()
+        while True:
+            for gpu in self.ids:
+                fh = open(self.lock_dir / f"gliosynth-gpu-{gpu}.lock", "a")  # noqa: SIM115 - held for the block
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    fh.close()
+                    continue
+                try:
+                    yield gpu
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    fh.close()
+                return
+            time.sleep(self.poll_s)
 
 
 def visible_gpu_ids() -> list[str]:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import random
 import re
 import time
@@ -272,17 +271,21 @@ def _train_here(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedu
         resume = same and not finished and (out / "checkpoint_latest.pth").is_file()
         if not same and out.exists():
             shutil.rmtree(out)
-        # nnunetv2 2.8 reads this key from the plans dict: continue its training log on a resume.
-        plans["continue_training"] = resume
-        trainer = nnUNetTrainer(plans, schedule.configuration, fold, dataset_json, device=device)
-        if Path(trainer.output_folder).resolve() != out.resolve():
-            raise RuntimeError(f"nnU-Net trains fold {fold} in {trainer.output_folder}, expected {out}")
-        trainer.num_epochs = schedule.epochs
-        trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
-        trainer.num_val_iterations_per_epoch = schedule.val_iterations_per_epoch
-        if schedule.checkpoint_every is not None:
-            trainer.save_every = schedule.checkpoint_every
-        _save_checkpoints_atomically(trainer)
+        def make_trainer(continuing: bool) -> Any:
+            # nnunetv2 2.8 reads this key from the plans dict: continue its training log on a resume.
+            t = nnUNetTrainer({**plans, "continue_training": continuing}, schedule.configuration, fold, dataset_json,
+                              device=device)
+            if Path(t.output_folder).resolve() != out.resolve():
+                raise RuntimeError(f"nnU-Net trains fold {fold} in {t.output_folder}, expected {out}")
+            t.num_epochs = schedule.epochs
+            t.num_iterations_per_epoch = schedule.iterations_per_epoch
+            t.num_val_iterations_per_epoch = schedule.val_iterations_per_epoch
+            if schedule.checkpoint_every is not None:
+                t.save_every = schedule.checkpoint_every
+            _save_checkpoints_atomically(t)
+            return t
+
+        trainer = make_trainer(resume)
         start_epoch = schedule.epochs if finished else 0
         if not same:
             out.mkdir(parents=True, exist_ok=True)
@@ -290,9 +293,10 @@ def _train_here(root: str | os.PathLike, dataset_id: int, schedule: NnunetSchedu
         if resume:
             try:
                 trainer.load_checkpoint(str(out / "checkpoint_latest.pth"))
-            except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            except Exception as err:  # an unreadable resume point costs the epochs, never the run
                 log.warning("nnU-Net %s fold %s: checkpoint_latest.pth cannot be read (%s); training from epoch 0",
                             name, fold, err)
+                trainer = make_trainer(False)  # nothing half-loaded carries over
             else:
                 start_epoch = int(trainer.current_epoch)
                 log.info("nnU-Net %s fold %s: resuming from epoch %d of %d (checkpoint_latest.pth)", name, fold,
@@ -346,7 +350,7 @@ def _predict_here(model_dir: str | os.PathLike, cases: dict[str, list[Path]], ou
 # (see components.ablation), and the architecture plot needs a package nnU-Net leaves optional.
 NNUNET_QUIET = ("Some validation cases are also in the training set", "Unable to plot network architecture",
                 "No module named 'hiddenlayer'")
-NNUNET_LINE_RE = re.compile(r"^(?:\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d+|(?P<level>INFO|WARNING|ERROR) "
+NNUNET_LINE_RE = re.compile(r"^(?:\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?|(?P<level>INFO|WARNING|ERROR) "
                             r"components\.[\w.]+): (?P<msg>.+)$")
 
 
@@ -370,16 +374,22 @@ def _run_isolated(step: str, args: dict[str, Any], log_file: Path, label: str = 
         env["CUDA_VISIBLE_DEVICES"] = gpu  # the step sees its one GPU as cuda:0
     tag = f"nnU-Net {step}{' ' + label if label else ''}"
     t0 = time.perf_counter()
+    env["PYTHONIOENCODING"] = "utf-8"
     with open(log_file, "a", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
-        for line in proc.stdout or ():
-            fh.write(line)
-            fh.flush()
-            m = NNUNET_LINE_RE.match(line.rstrip())
-            if m and m.group("msg").strip() and not any(q in m.group("msg") for q in NNUNET_QUIET):
-                log.log(logging.getLevelName(m.group("level") or "INFO"), "%s: %s", tag, m.group("msg").strip())
-        returncode = proc.wait()
+                                encoding="utf-8", errors="replace")
+        try:
+            for line in proc.stdout or ():
+                fh.write(line)
+                fh.flush()
+                m = NNUNET_LINE_RE.match(line.rstrip())
+                if m and m.group("msg").strip() and not any(q in m.group("msg") for q in NNUNET_QUIET):
+                    log.log(logging.getLevelName(m.group("level") or "INFO"), "%s: %s", tag, m.group("msg").strip())
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:  # the relay failed (e.g. a full disk): never leave the step running
+                proc.kill()
+                proc.wait()
     try:
         if returncode != 0:
             tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
