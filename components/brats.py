@@ -1,6 +1,6 @@
 """BraTS release layouts: discovery, per-case validation and canonicalisation.
 
-Canonical form (DESIGN §2-3): ``cases/<case_id>/<case_id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` in the
+Canonical form (docs/design.md §2-3): ``cases/<case_id>/<case_id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` in the
 ``brats2023`` or ``brats2024_post`` label scheme, every file with its source affine and spacing.
 Bytes are linked or copied when nothing needs converting; only label remapping (BraTS 2021 ET 4->3,
 MSD) and the split of MSD's 4-D images re-encode data.

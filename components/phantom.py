@@ -1,4 +1,4 @@
-"""The embedded default dataset: BraTS-like cases built from the MNI152 2009a template (DESIGN §6).
+"""The embedded default dataset: BraTS-like cases built from the MNI152 2009a template (docs/design.md §6).
 
 nilearn's wheel ships the template (T1, GM and WM probability maps, 1 mm, BSD-3 with the MNI
 notice), so this runs offline. Each case: a tumour grown inside white matter (necrosis, an
@@ -38,7 +38,7 @@ from data_catalog import (
 
 log = logging.getLogger(__name__)
 
-# Relative intensities (white matter = 1), DESIGN §6. Keys: healthy tissues + tumour label names.
+# Relative intensities (white matter = 1), docs/design.md §6. Keys: healthy tissues + tumour label names.
 CONTRASTS: dict[str, dict[str, float]] = {
     "t1n": {"WM": 1.0, "GM": 0.69, "CSF": 0.31, "NCR": 0.40, "ED": 0.75, "ET": 0.80},
     "t1c": {"WM": 1.0, "GM": 0.69, "CSF": 0.31, "NCR": 0.40, "ED": 0.75, "ET": 1.45},

@@ -1,4 +1,4 @@
-"""MLflow helpers: a sqlite tracking store and artifacts inside the workspace (DESIGN §2, §7).
+"""MLflow helpers: a sqlite tracking store and artifacts inside the workspace (docs/design.md §2, §7).
 
 Uses ``MlflowClient`` with an explicit tracking URI rather than MLflow's process-global active run,
 so two stages (or tests) in one process never write into each other's runs.

@@ -1,4 +1,4 @@
-"""Dataset registry: the workspace contract of DESIGN §2, label schemes and release layouts.
+"""Dataset registry: the workspace contract of docs/design.md §2, label schemes and release layouts.
 
 A dataset lives in ``<workspace>/datasets/<name>/`` as ``dataset.json`` (provenance) +
 ``manifest.parquet`` (one row per case) + ``cases/<case_id>/`` (NIfTI files).

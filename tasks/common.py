@@ -9,7 +9,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 # A task's result is reused when its code and its inputs (paths plus content digests, never
-# tensors) are unchanged (DESIGN §7).
+# tensors) are unchanged (docs/design.md §7).
 CACHE = INPUTS + TASK_SOURCE
 
 

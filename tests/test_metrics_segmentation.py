@@ -22,7 +22,7 @@ ISO = (1.0, 1.0, 1.0)
 
 
 def ball(center, r, shape=GRID) -> np.ndarray:
-    """ball(c, r) = {|x - c|^2 <= r^2} on the voxel grid (DESIGN §5)."""
+    """ball(c, r) = {|x - c|^2 <= r^2} on the voxel grid (docs/design.md §5)."""
     x, y, z = np.ogrid[: shape[0], : shape[1], : shape[2]]
     return (x - center[0]) ** 2 + (y - center[1]) ** 2 + (z - center[2]) ** 2 <= r * r
 
@@ -35,7 +35,7 @@ def box(lo, hi, shape) -> np.ndarray:
 
 EMPTY = np.zeros(GRID, bool)
 GOLDEN = {
-    # DESIGN §5 / reference A1, label 3 only, 1 mm.
+    # docs/design.md §5, label 3 only, 1 mm.
     "A": (lambda: ball((32, 30, 30), 8) | ball((30, 75, 20), 3), lambda: ball((30, 30, 30), 8) | ball((70, 70, 70), 4)),
     "B": (lambda: EMPTY, lambda: EMPTY),
     "C": (lambda: ball((40, 40, 40), 5), lambda: EMPTY),

@@ -1,7 +1,7 @@
 """Head/brain label from all four modalities together (GliomaGen's head label, without its defects).
 
-GliomaGen derived the head label once per modality and kept the last one written (t2f only, see
-reference/med_ddpm_gliomagen.md §3). Here the four channels are combined first, so a tissue that
+GliomaGen derived the head label once per modality and kept the last one written (t2f only: its
+data-preparation notebook rewrites the mask per modality). Here the four channels are combined first, so a tissue that
 is dark in one contrast (CSF in T1/FLAIR) but bright in another (T2) still counts as head.
 """
 

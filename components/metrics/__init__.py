@@ -1,4 +1,4 @@
-"""Metrics (DESIGN §5): overlap/surface scores, BraTS lesion-wise scores, FID/KID/MS-SSIM.
+"""Metrics (docs/design.md §5): overlap/surface scores, BraTS lesion-wise scores, FID/KID/MS-SSIM.
 
 One naming scheme for MLflow and CSVs: ``dice_<region>``, ``hd95_<region>_mm``, ``assd_<region>_mm``,
 ``lw_dice_<region>``, ``lw_hd95_<region>`` (region names as in the label scheme, e.g. ``dice_WT``) and

@@ -1,9 +1,9 @@
-"""Segmentation scores per case and region (DESIGN §5).
+"""Segmentation scores per case and region (docs/design.md §5).
 
 * Overlap and surface scores on whole regions: Dice, HD95 and ASSD in millimetres, with the legacy
   BraTS semantics for empty masks (both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 374).
 * BraTS lesion-wise Dice and HD95 with the 2023 and 2024 presets (clean-room, from the definitions
-  in DESIGN §5 and reference/metrics_and_data.md A1; constants in a frozen config).
+  in docs/design.md §5; constants in a frozen config).
 
 Surface distances are DeepMind's surface-element method (Nikolov et al. 2021,
 github.com/deepmind/surface-distance), which the official BraTS scorers use: surface elements on
@@ -256,7 +256,7 @@ def lesionwise_scores(
 
     Written here, not taken from a package: the official scorers need numpy<2 and old pandas, and
     BraTS-evaluation/panoptica use different definitions (one-to-one matching, no dilation); see
-    reference/metrics_and_data.md A1. Definition (DESIGN §5): ground-truth lesions are 26-connected
+    docs/design.md §5. Definition: ground-truth lesions are 26-connected
     components merged by dilation; each predicted component touching a lesion dilated ``dilation``
     times counts for it (Dice/HD95 of the undilated lesion against the union of those whole
     components); predicted components touching none are false positives of any size; lesions at or

