@@ -16,8 +16,14 @@ from typing import Any
 from tqdm.auto import tqdm as _tqdm
 
 log = logging.getLogger(__name__)
-# Seconds between log lines when no terminal is attached (GLIOSYNTH_PROGRESS_SECONDS overrides).
-LOG_EVERY_S = float(os.environ.get("GLIOSYNTH_PROGRESS_SECONDS", "30"))
+LOG_EVERY_S = 30.0  # seconds between log lines when no terminal is attached (GLIOSYNTH_PROGRESS_SECONDS overrides)
+
+
+def _log_every() -> float:
+    try:
+        return float(os.environ.get("GLIOSYNTH_PROGRESS_SECONDS", LOG_EVERY_S))
+    except ValueError:
+        return LOG_EVERY_S
 
 
 class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
@@ -31,7 +37,7 @@ class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
             kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
             kwargs.setdefault("mininterval", 1.0)
             self._log_lines = True
-        self._every = LOG_EVERY_S if log_every is None else log_every
+        self._every = _log_every() if log_every is None else log_every
         self._last_log = time.monotonic()
         self._logged_n: float | None = None
         super().__init__(*args, **kwargs)
