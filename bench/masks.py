@@ -75,7 +75,7 @@ def bench_ours(cases: list[MaskCase], reps: int, cfg: MaskAugmentConfig, check: 
             rng = np.random.default_rng([r, n])
             hosts = [h for h in lookup if h != c.case_id]
             p = sample_mask_params(rng, c, cfg, hosts, lookup.__getitem__)
-            host = lookup[p["host_case"]].head if p["host_case"] != c.case_id else None
+            host = lookup[p.host_case].head if p.host_case != c.case_id else None
             seg, head = apply_mask_params(c.seg, c.head, p, host)
             if check:
                 check_mask(seg, head, refs[c.case_id], cfg.checks)

@@ -28,16 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from components.metrics.synthesis import (  # noqa: E402
-    PLANES,
-    candidate_slices,
-    frechet_distance_features,
-    inception_features,
-    msssim_3d,
-    msssim_params,
-    psnr_ssim_in_brain,
-    slice_images,
-)
+from components.metrics.distances import frechet_distance_features  # noqa: E402
+from components.metrics.features import inception_features  # noqa: E402
+from components.metrics.similarity import msssim_3d, msssim_params, psnr_ssim_in_brain  # noqa: E402
+from components.metrics.slices import PLANES, candidate_slices, slice_images  # noqa: E402
 from components.synthesis.sampling import make_generator, sample_images  # noqa: E402
 from components.synthesis.store import load_trained_model  # noqa: E402
 from data_catalog import MODALITIES  # noqa: E402

@@ -21,8 +21,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from components.config_base import FrozenModel
+from components.errors import InputError
 from components.export import ExportCase, cases_from_dataset, export_nnunet, reserve_dataset_ids
 from components.io import write_json_atomic
 from components.segmentation.nnunet import NnunetSchedule, ScheduleName, default_schedule
@@ -31,7 +33,7 @@ from data_catalog import Dataset
 log = logging.getLogger(__name__)
 
 
-class AblationError(ValueError):
+class AblationError(InputError):
     """An ablation grid or data set that makes no sense; raised before anything trains."""
 
 
@@ -39,10 +41,8 @@ class LeakError(AblationError):
     """A training set holds a test case or something derived from one, or a generator learnt from one."""
 
 
-class AblationConfig(BaseModel):
+class AblationConfig(FrozenModel):
     """One ablation: the grid of configurations and how each is trained and scored."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     ratios: tuple[float, ...] = Field((0.0, 0.5, 1.0, 2.0), min_length=1,
                                       description="synthetic cases per real training case; must include 0 "
@@ -150,7 +150,7 @@ def make_real_subset(workspace: str | Path, real: Dataset, fraction: float, subs
     generator, segmenter) then sees the subset only, and its ablation scores on the same test cases.
     """
     from components.io import link_or_copy
-    from data_catalog import MODALITIES, dataset_dir, dataset_parent_entry, register_dataset
+    from data_catalog import MODALITIES, dataset_dir, dataset_parent_entry, file_of, register_dataset
 
     pool = set(real_subset(real, AblationConfig(real_fraction=fraction, subset_seed=subset_seed)))
     rows = real.manifest[(real.manifest["status"] == "ok")
@@ -158,8 +158,8 @@ def make_real_subset(workspace: str | Path, real: Dataset, fraction: float, subs
     root = dataset_dir(workspace, name)
     for _, r in rows.iterrows():
         for key in (*MODALITIES, "seg"):
-            rel = r.get(key)
-            if isinstance(rel, str) and rel:
+            rel = file_of(r, key)
+            if rel is not None:
                 link_or_copy(real.root / rel, root / rel)
     info = {k: v for k, v in real.info.items() if k in ("note", "template_license", "source_scheme", "mapping")}
     return register_dataset(

@@ -21,9 +21,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from components.config_base import FrozenModel
+from components.errors import GliosynthError
 from components.io import (
+    NIFTI_RE,
     atomic_dir,
     link_or_copy,
     nifti_claimed_and_held_bytes,
@@ -37,24 +40,23 @@ from components.progress import tqdm
 from data_catalog import (
     MODALITIES,
     STATUS_OK,
-    STATUS_QUARANTINED,
     assign_split,
     dataset_dir,
     label_scheme_names,
     load_label_scheme,
     load_layouts,
+    quarantine_row,
     register_dataset,
     remove_stale_cases,
 )
 
 log = logging.getLogger(__name__)
 
-NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 AFFINE_TOL_MM = 1e-3
 FILE_KEYS = (*MODALITIES, "seg")
 
 
-class IngestError(RuntimeError):
+class IngestError(GliosynthError, RuntimeError):
     """The source as a whole cannot be ingested (nothing recognisable, mixed layouts, ...)."""
 
 
@@ -62,10 +64,8 @@ class CaseProblem(Exception):
     """One case is invalid; the message is the manifest's one-sentence reason."""
 
 
-class IngestConfig(BaseModel):
+class IngestConfig(FrozenModel):
     """Settings of one ingestion run (saved in dataset.json)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     label_scheme: str = Field("auto", description="source label scheme: auto, brats2021, brats2023, brats2024_post, msd")
     layout: str = Field("auto", description="release layout: auto, brats2021, brats2023, msd_task01")
@@ -398,16 +398,16 @@ def _write_case(plan: _CasePlan, tmp: Path) -> dict[str, Any]:
     return row
 
 
-def _quarantine_row(plan: _CasePlan, reason: str) -> dict[str, Any]:
-    cs = plan.source
-    row: dict[str, Any] = {k: "" for k in FILE_KEYS}
-    row.update({f"sha256_{k}": "" for k in FILE_KEYS})
-    row.update(
-        case_id=cs.case_id, status=STATUS_QUARANTINED, reason=reason, split=plan.split, has_seg=False,
-        shape=None, spacing=None, orientation="", labels=[], source_labels=[],
-        source_path=str(cs.folder if cs.msd_image is None else cs.msd_image), fingerprint=plan.fingerprint,
+def quarantine_case(cs: CaseSource, reason: str, split: str, **fields: Any) -> dict[str, Any]:
+    """The manifest row of a source case that is not ingested (``fields``: more columns, last)."""
+    return quarantine_row(
+        cs.case_id, reason, split, file_keys=FILE_KEYS, has_seg=False, shape=None, spacing=None, orientation="",
+        labels=[], source_labels=[], source_path=str(cs.folder if cs.msd_image is None else cs.msd_image), **fields,
     )
-    return row
+
+
+def _quarantine_row(plan: _CasePlan, reason: str) -> dict[str, Any]:
+    return quarantine_case(plan.source, reason, plan.split, fingerprint=plan.fingerprint)
 
 
 def ingest_case(plan: _CasePlan) -> tuple[dict[str, Any], bool]:

@@ -1,10 +1,12 @@
-"""Writers for sharing and training: a BraTS 2023-layout release folder and nnU-Net v2 raw datasets.
+"""Writers for sharing and training: a BraTS 2023-layout release folder, nnU-Net v2 raw datasets, and
+the ablation's exact mixes (one nnU-Net raw dataset per configuration) for training elsewhere.
 
 Files are hard-linked (or copied) byte for byte, so affines and spacing are those of the catalog.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
 import re
@@ -13,11 +15,16 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from components.errors import GliosynthError
 from components.io import link_or_copy, write_json_atomic, write_text_atomic
-from data_catalog import MODALITIES, Dataset, LabelScheme
+from data_catalog import MODALITIES, Dataset, LabelScheme, code_version, file_of
+
+if TYPE_CHECKING:
+    from components.ablation import AblationConfig, MixPlan
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +33,7 @@ NNUNET_CHANNELS = {"t1n": "T1", "t1c": "T1c", "t2w": "T2", "t2f": "FLAIR"}
 DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 
-class ExportError(RuntimeError):
+class ExportError(GliosynthError, RuntimeError):
     """An export cannot be written as asked."""
 
 
@@ -83,8 +90,8 @@ def export_brats(ds: Dataset, out: str | os.PathLike) -> Path:
         rows = ds.ok_cases()
         for _, r in rows.iterrows():
             for key in (*MODALITIES, "seg", "head"):
-                rel = r.get(key)
-                if isinstance(rel, str) and rel:
+                rel = file_of(r, key)
+                if rel is not None:
                     link_or_copy(ds.root / rel, tmp / r["case_id"] / f"{r['case_id']}-{key}.nii.gz")
         ds.manifest.to_csv(tmp / "manifest.csv", index=False)
         write_json_atomic(tmp / "dataset.json", ds.info)
@@ -238,3 +245,139 @@ def export_dataset_nnunet(ds: Dataset, raw_root: str | os.PathLike, name: str | 
                "gliosynth_manifest_sha256": ds.manifest_digest},
     )
 
+
+# --------------------------------------------------------------------------- the ablation's mixes
+MIX_MARKER = "mixes.json"
+MIX_FIRST_ID = 500
+
+
+@dataclass(frozen=True)
+class MixExport:
+    """What ``export --mix`` wrote: the folder, one nnU-Net dataset per configuration, the case table."""
+
+    out: Path
+    datasets: dict[str, str]  # configuration -> Dataset<id>_<name> folder name
+    mixes_csv: Path
+    n_test: int
+
+
+def plan_export_mixes(workspace: str | os.PathLike, real: Dataset, synthetic: Dataset | None,
+                      cfg: AblationConfig) -> list[MixPlan]:
+    """The ablation's configurations for ``cfg`` (plan_mixes: same seeds, same cases) after the same
+    leak checks the ablation runs: a set the ablation would refuse is never exported either."""
+    from components.ablation import check_no_leak, generator_record, plan_mixes
+
+    plans = plan_mixes(real, synthetic, cfg)
+    generator = generator_record(workspace, synthetic) if synthetic is not None else None
+    for plan in plans:
+        check_no_leak(plan, real, synthetic, generator)
+    return plans
+
+
+def check_mix_out(out: Path) -> None:
+    """``out`` is replaced as a whole: refuse a folder that is not empty and not an earlier mix export."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MIX_MARKER).is_file())):
+        raise ExportError(f"--out {out} exists and is not an earlier `export --mix` output (no {MIX_MARKER}): "
+                          f"expected a new or empty folder, since the export replaces it as a whole")
+
+
+def export_mixes(workspace: str | os.PathLike, real: Dataset, synthetic: Dataset | None, cfg: AblationConfig,
+                 out: str | os.PathLike, verify: bool = False) -> MixExport:
+    """The exact training mixes of the ablation ``cfg`` over ``real`` and ``synthetic``, without training.
+
+    ``out`` becomes an nnU-Net raw folder (set ``nnUNet_raw`` to it) holding, per configuration,
+    ``Dataset<id>_<prefix>-<config>/`` with imagesTr/labelsTr (exactly the configuration's real and
+    synthetic training cases), imagesTs/labelsTs (the real dataset's held-out test split, the same
+    in every configuration), dataset.json and cases.csv; ids count up from 500 in the order of
+    ``mixes.csv``. Beside them ``mixes.csv`` (one row per configuration and case), ``mixes.json``
+    (the ablation config, seeds and every plan, with the datasets' manifest digests) and README.md.
+    The folder is written beside ``out`` and swapped in whole.
+    """
+    from components.ablation import held_out_cases, sanitize
+
+    out = Path(out).resolve()
+    check_mix_out(out)
+    plans = plan_export_mixes(workspace, real, synthetic, cfg)
+    prefix = sanitize(synthetic.name if synthetic is not None else real.name)
+    real_cases = {c.case_id: c for c in cases_from_dataset(real, ("train",))}
+    syn_cases = {c.case_id: c for c in cases_from_dataset(synthetic, ("train",))} if synthetic is not None else {}
+    clash = sorted(set(real_cases) & set(syn_cases))
+    if clash:
+        raise ExportError(f"case ids {clash[:5]} are in both real dataset {real.name!r} and synthetic dataset "
+                          f"{synthetic.name if synthetic is not None else ''!r}: expected one id per case")
+    if MIX_FIRST_ID + len(plans) - 1 > 999:
+        raise ExportError(f"{len(plans)} configurations need nnU-Net ids {MIX_FIRST_ID}-{MIX_FIRST_ID + len(plans) - 1}"
+                          f": expected at most {1000 - MIX_FIRST_ID} configurations (ids are 3 digits)")
+    tmp = _staged_folder(out)
+    datasets: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for i, plan in enumerate(plans):
+            name = f"{prefix}-{plan.name}"
+            did = MIX_FIRST_ID + i
+            tests = held_out_cases(plan, real)
+            train = [real_cases[c] for c in plan.real_ids] + [syn_cases[c] for c in plan.synthetic_ids]
+            folder = export_nnunet(
+                train, tmp, name, real.label_scheme, did, tests,
+                extra={"gliosynth_mix": plan.name, "gliosynth_ratio": plan.ratio, "gliosynth_seed": plan.seed,
+                       "gliosynth_synthetic_only": plan.synthetic_only, "gliosynth_real": real.name,
+                       "gliosynth_synthetic": synthetic.name if synthetic is not None else ""},
+            )
+            datasets[plan.name] = folder.name
+            for part, kind, group in (("train", "real", [real_cases[c] for c in plan.real_ids]),
+                                      ("train", "synthetic", [syn_cases[c] for c in plan.synthetic_ids]),
+                                      ("test", "real", tests)):
+                rows += [{"config": plan.name, "ratio": plan.ratio, "seed": plan.seed,
+                          "synthetic_only": plan.synthetic_only, "nnunet_dataset": folder.name, "dataset_id": did,
+                          "part": part, "kind": kind, "case_id": c.case_id, "source_dataset": c.source_dataset,
+                          "source_case": c.source_case or c.case_id} for c in group]
+            if verify:
+                verify_nnunet_dataset(folder)
+        mixes = pd.DataFrame(rows)
+        mixes.to_csv(tmp / "mixes.csv", index=False)
+        write_json_atomic(tmp / MIX_MARKER, {
+            "config": cfg.model_dump(mode="json"),
+            "real": real.name, "real_manifest_sha256": real.manifest_digest,
+            "synthetic": synthetic.name if synthetic is not None else None,
+            "synthetic_manifest_sha256": synthetic.manifest_digest if synthetic is not None else None,
+            "datasets": datasets, "plans": [p.to_dict() for p in plans],
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "code_version": code_version(),
+        })
+        first = datasets[plans[0].name]
+        write_text_atomic(tmp / "README.md", _mix_readme(real, synthetic, cfg, plans, datasets, first))
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return MixExport(out=out, datasets=datasets, mixes_csv=out / "mixes.csv", n_test=len(plans[0].test_ids))
+
+
+def _mix_readme(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig, plans: list[MixPlan],
+                datasets: dict[str, str], first: str) -> str:
+    lines = [
+        f"# Ablation mixes: {real.name} + {synthetic.name if synthetic is not None else 'no synthetic set'}",
+        "",
+        f"Ratios {list(cfg.ratios)}, seeds {list(cfg.seeds)}, real_fraction {cfg.real_fraction} "
+        f"(subset_seed {cfg.subset_seed}), synthetic_only {cfg.synthetic_only}, high_quality {cfg.high_quality}: "
+        f"the configurations `python -m flows ablation` trains for the same options, with the same cases.",
+        "",
+        "| configuration | nnU-Net dataset | real | synthetic | test |",
+        "|---|---|---|---|---|",
+        *[f"| {p.name} | {datasets[p.name]} | {p.n_real} | {p.n_synthetic} | {len(p.test_ids)} |" for p in plans],
+        "",
+        "Each dataset: imagesTr/labelsTr are the configuration's training cases (nnU-Net channel order "
+        "0000 T1, 0001 T1c, 0002 T2, 0003 FLAIR), imagesTs/labelsTs the real held-out test cases (the same in "
+        "every configuration). mixes.csv lists every case of every configuration; mixes.json the plans.",
+        "",
+        "With nnU-Net (`export nnUNet_raw=<this folder>`), train fold `all` to train on every case of the mix as "
+        "the ablation does (`nnUNetv2_plan_and_preprocess -d <id>`, then `nnUNetv2_train <id> 3d_fullres all`); "
+        "its default folds 0-4 hold a fifth of the mix out for validation. Predict imagesTs into a folder.",
+        "",
+        "Score predictions (one `<case_id>.nii.gz` per test case, labels in the dataset's scheme):",
+        "",
+        "```",
+        f"python -m flows evaluate-segmentation --gt {first}/labelsTs --pred <predictions folder> \\",
+        f"    --label-scheme {real.label_scheme.name} --out scores.csv",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 CHUNK = 1 << 20
+NIFTI_RE = re.compile(r"\.nii(\.gz)?$")  # a NIfTI file name: .nii or .nii.gz
 
 
 def sha256_bytes(data: bytes) -> str:

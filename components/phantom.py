@@ -21,11 +21,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from scipy import ndimage as ndi
 
+from components.config_base import FrozenModel
 from components.io import atomic_dir, write_case_volumes
 from components.progress import tqdm
+from components.seeds import derive_seed
 from data_catalog import (
     MODALITIES,
     STATUS_OK,
@@ -50,10 +52,8 @@ GRID_MM = (240.0, 240.0, 155.0)
 WM_INTENSITY = 1000.0
 
 
-class PhantomConfig(BaseModel):
+class PhantomConfig(FrozenModel):
     """Settings of one phantom dataset (saved in dataset.json)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     cases: int = Field(8, ge=1)
     spacing: float = Field(2.0, gt=0.0, le=8.0, description="isotropic voxel size in mm")
@@ -66,7 +66,7 @@ class PhantomConfig(BaseModel):
         if v not in known:
             raise ValueError(f"unknown label scheme {v!r}: expected one of {known}")
         return v
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_salt: str = "gliosynth"
     workers: int = Field(2, ge=1)
@@ -282,7 +282,7 @@ def case_id_for(index: int) -> str:
 def make_case(index: int, cfg: PhantomConfig, cases_dir: Path) -> dict[str, Any]:
     """Build and write one phantom case atomically; return its manifest row."""
     anat = load_anatomy(cfg.spacing)
-    case_seed = int(np.random.SeedSequence([cfg.seed, index]).generate_state(1)[0])
+    case_seed = derive_seed(cfg.seed, index)
     rng = np.random.default_rng(case_seed)
     cid = case_id_for(index)
     seg, t_params = sample_tumour(anat, cfg.label_scheme, cfg, rng)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from components.io import atomic_path
-from data_catalog import MODALITIES, Dataset
+from data_catalog import MODALITIES, Dataset, has_file
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,16 @@ def dataset_montage(ds: Dataset, out: Path | None = None, n_cases: int = 4, titl
     for _, r in rows.iterrows():
         images, affine = {}, None
         for m in MODALITIES:
-            if isinstance(r.get(m), str) and r[m]:
+            if has_file(r, m):
                 img = nib.load(str(ds.root / r[m]))
                 images[m] = np.asanyarray(img.dataobj).astype(np.float32)
                 affine = img.affine
         seg = None
-        if isinstance(r.get("seg"), str) and r["seg"]:
+        if has_file(r, "seg"):
             seg_img = nib.load(str(ds.root / r["seg"]))
             seg = np.asanyarray(seg_img.dataobj).astype(np.int16)
             affine = affine if affine is not None else seg_img.affine
-        if not images and isinstance(r.get("head"), str) and r["head"]:
+        if not images and has_file(r, "head"):
             head_img = nib.load(str(ds.root / r["head"]))
             images = {"head": np.asanyarray(head_img.dataobj).astype(np.float32)}
             affine = head_img.affine

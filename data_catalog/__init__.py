@@ -1,7 +1,8 @@
 """Dataset registry: the workspace contract of docs/design.md §2, label schemes and release layouts.
 
 A dataset lives in ``<workspace>/datasets/<name>/`` as ``dataset.json`` (provenance) +
-``manifest.parquet`` (one row per case) + ``cases/<case_id>/`` (NIfTI files).
+``manifest.parquet`` (one row per case) + ``cases/<case_id>/`` (NIfTI files). The typed records of
+a row and of dataset.json are in ``data_catalog.records`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,17 +21,35 @@ import pandas as pd
 import yaml
 
 from components.io import atomic_path, write_json_atomic
+from data_catalog.records import (
+    CASE_FILE_KEYS,
+    KINDS,
+    MODALITIES,
+    REQUIRED_COLUMNS,
+    SPLITS,
+    STATUS_OK,
+    STATUS_QUARANTINED,
+    CaseRecord,
+    CatalogError,
+    DatasetInfo,
+    ManifestRow,
+    ParentEntry,
+    file_of,
+    has_file,
+    quarantine_row,
+    text_of,
+    validate_manifest_rows,
+)
+
+__all__ = [
+    "CASE_FILE_KEYS", "CATALOG_DIR", "KINDS", "MODALITIES", "REQUIRED_COLUMNS", "SPLITS", "STATUS_OK", "STATUS_QUARANTINED",
+    "CaseRecord", "CatalogError", "Dataset", "DatasetInfo", "LabelScheme", "ManifestRow", "ParentEntry",
+    "assign_split", "code_version", "dataset_dir", "dataset_parent_entry", "datasets_dir", "file_of", "has_file",
+    "label_scheme_names", "list_dataset_names", "list_datasets", "load_label_scheme", "load_layouts", "open_dataset",
+    "quarantine_row", "register_dataset", "remove_stale_cases", "text_of", "validate_manifest_rows", "write_manifest",
+]
 
 CATALOG_DIR = Path(__file__).resolve().parent
-MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
-KINDS = ("real", "phantom", "masks", "synthetic", "mix")
-STATUS_OK = "ok"
-STATUS_QUARANTINED = "quarantined"
-SPLITS = ("train", "test")
-
-
-class CatalogError(RuntimeError):
-    """A dataset is missing or does not follow the workspace contract."""
 
 
 # --------------------------------------------------------------------------- label schemes
@@ -141,15 +160,27 @@ class Dataset:
     def label_scheme(self) -> LabelScheme:
         return load_label_scheme(self.info["label_scheme"])
 
-    def path(self, case_id: str, key: str) -> Path:
-        """Absolute path of one case file (`key` is a modality, 'seg' or 'head')."""
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        """dataset.json as its typed record."""
+        return DatasetInfo.from_info(self.info, where=str(self.root / "dataset.json"))
+
+    def record(self, case_id: str) -> CaseRecord:
+        """One case: its typed manifest row and the folder its files are relative to."""
         row = self.manifest.loc[self.manifest["case_id"] == case_id]
         if row.empty:
             raise CatalogError(f"dataset {self.name!r} has no case {case_id!r}")
-        rel = row.iloc[0].get(key)
-        if not isinstance(rel, str) or not rel:
-            raise CatalogError(f"dataset {self.name!r}, case {case_id!r} has no {key!r} file")
-        return self.root / rel
+        return CaseRecord(dataset=self.name, root=self.root,
+                          row=ManifestRow.from_row(row.iloc[0], where=f"dataset {self.name!r}"))
+
+    def records(self, split: str | None = None) -> list[CaseRecord]:
+        """The ok cases (of ``split``), as typed records, in manifest order."""
+        return [CaseRecord(dataset=self.name, root=self.root, row=ManifestRow.from_row(r, where=f"dataset {self.name!r}"))
+                for _, r in self.ok_cases(split).iterrows()]
+
+    def path(self, case_id: str, key: str) -> Path:
+        """Absolute path of one case file (`key` is a modality, 'seg' or 'head')."""
+        return self.record(case_id).path(key)
 
     def ok_cases(self, split: str | None = None) -> pd.DataFrame:
         m = self.manifest[self.manifest["status"] == STATUS_OK]
@@ -187,9 +218,10 @@ def register_dataset(
         raise CatalogError(f"dataset {name!r}: {label_scheme!r} is not a canonical label scheme")
     root = dataset_dir(workspace, name)
     root.mkdir(parents=True, exist_ok=True)
-    for col in ("case_id", "status", "reason", "split"):
+    for col in REQUIRED_COLUMNS:
         if col not in manifest.columns:
             raise CatalogError(f"dataset {name!r}: manifest lacks required column {col!r}")
+    validate_manifest_rows(manifest.to_dict("records"), where=f"dataset {name!r}")
     write_manifest(root / "manifest.parquet", manifest)
     ok = manifest[manifest["status"] == STATUS_OK]
     first = ok.iloc[0] if len(ok) else None
@@ -211,6 +243,7 @@ def register_dataset(
     }
     if extra:
         info.update(extra)
+    DatasetInfo.from_info(info, where=f"dataset {name!r}")
     write_json_atomic(root / "dataset.json", info)
     return open_dataset(workspace, name)
 

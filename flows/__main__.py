@@ -13,11 +13,13 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from flows.cli_common import check_inputs, describe_option_error
 from flows.settings import configure_workspace
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="gliosynth: BraTS synthetic-data pipeline")
+    parser = argparse.ArgumentParser(prog="gliosynth", description="gliosynth: BraTS synthetic-data pipeline "
+                                     "(`gliosynth VERB` and `python -m flows VERB` are the same command)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     # Each stage keeps its verbs in flows/cli_<stage>.py with a register(sub) function.
@@ -27,16 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Verbs that read what earlier stages wrote: a mistyped --workspace is an error, never a new folder.
-READS_WORKSPACE = {"datasets", "ablation", "augment-masks", "evaluate-synthesis", "export", "synthesize",
-                   "train-synthesizer"}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "numexpr"):  # one line per HTTP request to Prefect's API is noise
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from pydantic import ValidationError
+
+    from components.errors import GliosynthError
+
     try:
         workspace = getattr(args, "workspace", None)
         if getattr(args, "config", None) and args.verb == "pipeline":
@@ -44,21 +45,16 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config)  # every key checked before Prefect starts
             workspace = workspace or cfg.workspace
-        if args.verb in READS_WORKSPACE and not Path(workspace or "workspace").is_dir():
-            raise ValueError(f"workspace {workspace or 'workspace'} does not exist: expected the folder that holds "
-                             f"datasets/ and models/ (create one with `phantom`, `ingest` or `pipeline`)")
+        check_inputs(args)  # the workspace, datasets, models and folders the verb reads, before Prefect starts
         configure_workspace(workspace or "workspace")
+        importlib.import_module("flows.signals").exit_promptly_on_sigterm()  # a SIGTERM ends the run in seconds
         return args.handler(args)
-    except Exception as err:  # one clear line for the user; details with -v
-        from components.brats import IngestError
-        from data_catalog import CatalogError
-
-        if isinstance(err, (IngestError, CatalogError, ValueError)):
-            print(f"error: {err}", file=sys.stderr)
-            if args.verbose:
-                raise
-            return 2
-        raise
+    except (GliosynthError, ValidationError) as err:  # input a user can fix: one sentence, no traceback
+        msg = describe_option_error(err, args.verb) if isinstance(err, ValidationError) else str(err)
+        print(f"error: {msg}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
 
 
 if __name__ == "__main__":  # nnU-Net's spawn pools re-import the main module: keep this guard

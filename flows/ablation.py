@@ -2,23 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.ablation import AblationConfig, MixPlan, check_no_leak, generator_record, plan_mixes
+from components.ablation_report import close_parent_run
+from components.tracking import resume_run
 from data_catalog import Dataset, open_dataset
-from tasks.ablation import configuration_task, export_task, parent_run_task, prepare_nnunet_task, summary_task
+from tasks.ablation import (
+    configuration_task,
+    export_task,
+    parent_run_task,
+    prepare_nnunet_task,
+    summary_task,
+)
 
 
 class ExportParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     workspace: str = "workspace"
-    dataset: str
-    format: str = Field(description="brats or nnunet")
+    dataset: str = Field(description="the dataset to export; with `mix`, the real dataset of the ablation")
+    format: Literal["brats", "nnunet"] = Field(description="brats or nnunet (a mix is always nnunet)")
     out: str
+    synthetic: str | None = Field(None, description="with `mix`: the synthetic dataset of the ablation")
+    mix: AblationConfig | None = Field(None, description="export the ablation's mixes for this config "
+                                       "(components.export.export_mixes) instead of one dataset")
+
+
+def check_export(params: ExportParams) -> tuple[Dataset, Dataset | None]:
+    """What can be checked before Prefect starts: the datasets exist, and for a mix the grid fits the
+    data and passes the ablation's leak checks (one sentence otherwise)."""
+    from components.export import ExportError, check_mix_out, plan_export_mixes
+
+    ws = str(Path(params.workspace).resolve())
+    ds = open_dataset(ws, params.dataset)
+    if params.mix is None:
+        if params.synthetic:
+            raise ExportError(f"export --synthetic {params.synthetic}: expected --mix with it (a synthetic dataset "
+                              f"alone is exported with --dataset {params.synthetic})")
+        return ds, None
+    if params.format != "nnunet":
+        raise ExportError(f"export --mix writes nnU-Net raw datasets: expected --format nnunet (or none), found "
+                          f"--format {params.format}")
+    check_mix_out(Path(params.out).resolve())
+    syn = open_dataset(ws, params.synthetic) if params.synthetic else None
+    plan_export_mixes(ws, ds, syn, params.mix)
+    return ds, syn
 
 
 class AblationParams(BaseModel):
@@ -36,6 +70,14 @@ class AblationParams(BaseModel):
 @flow(name="export")
 def export_flow(params: ExportParams) -> str:
     ws = str(Path(params.workspace).resolve())
+    if params.mix is not None:
+        from components.export import export_mixes
+
+        real, syn = check_export(params)
+        done = export_mixes(ws, real, syn, params.mix, params.out)
+        get_run_logger().info("exported %d ablation mixes of %s + %s to %s (%s)", len(done.datasets), real.name,
+                              syn.name if syn is not None else "-", done.out, done.mixes_csv)
+        return str(done.out)
     ds = open_dataset(ws, params.dataset)
     out = export_task.with_options(refresh_cache=not Path(params.out).exists())(
         workspace=ws, dataset=params.dataset, manifest_sha256=ds.manifest_digest, fmt=params.format,
@@ -75,9 +117,34 @@ def ablation_flow(params: AblationParams) -> dict:
     common = dict(workspace=ws, ablation=params.name, real=real.name, real_sha256=real.manifest_digest,
                   synthetic=syn.name if syn else None, synthetic_sha256=syn.manifest_digest if syn else None,
                   config=params.config)
+    # The parent run spans the ablation: open (RUNNING) from before the first configuration until
+    # after the summary, FAILED if a configuration failed. A re-run continues the cached parent run
+    # and opens a new one only if the store lost it.
     parent = parent_run_task(plans=plans, synthesis_metrics=params.synthesis_metrics, **common)
-    data = prepare_nnunet_task(workspace=ws, ablation=params.name, plans=plans, real=real.name,
-                               synthetic=syn.name if syn else None, config=params.config)
+    if not resume_run(ws, parent):
+        parent = parent_run_task.with_options(refresh_cache=True)(
+            plans=plans, synthesis_metrics=params.synthesis_metrics, **common)
+    try:
+        summary = _run_configurations(params, ws, plans, common, parent, real.info.get("kind") == "phantom")
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that stopped the ablation is the one to see
+            close_parent_run(ws, parent, n_failed=1)
+        raise
+    summary["parent_status"] = close_parent_run(ws, parent, summary["n_failed"])
+    summary["workspace"] = ws
+    logger.info("ablation %s: %d configurations ok, %d failed; %s", params.name, summary["n_ok"],
+                summary["n_failed"], summary["summary_csv"])
+    logger.info("effect of synthetic cases (paired against ratio 0 on the same test cases):\n%s",
+                "\n".join(summary["effect_lines"]))
+    return summary
+
+
+def _run_configurations(params: AblationParams, ws: str, plans: list[dict], common: dict, parent: str,
+                        phantom: bool) -> dict:
+    """Every configuration (failures recorded, never raised), then the summary on the parent run."""
+    logger = get_run_logger()
+    data = prepare_nnunet_task(workspace=ws, ablation=params.name, plans=plans, real=common["real"],
+                               synthetic=common["synthetic"], config=params.config)
     # A cached configuration whose per-case scores were deleted runs again (the summary reads them).
     futures = [configuration_task.with_options(
         refresh_cache=not (Path(ws) / "ablations" / params.name / p["name"] / "per_case.csv").is_file()).submit(
@@ -95,12 +162,8 @@ def ablation_flow(params: AblationParams) -> dict:
                 "n_synthetic": len(plan["synthetic_ids"]), "synthetic_only": plan["synthetic_only"]},
                 "error": err})
     summary = summary_task(workspace=ws, ablation=params.name, config=params.config, parent_run_id=parent,
-                           results=results, phantom=real.info.get("kind") == "phantom")
+                           results=results, phantom=phantom)
     summary["parent_run_id"] = parent
     summary["n_ok"] = sum(r["status"] == "ok" for r in results)
     summary["n_failed"] = len(results) - summary["n_ok"]
-    logger.info("ablation %s: %d configurations ok, %d failed; %s", params.name, summary["n_ok"],
-                summary["n_failed"], summary["summary_csv"])
-    logger.info("effect of synthetic cases (paired against ratio 0 on the same test cases):\n%s",
-                "\n".join(summary["effect_lines"]))
     return summary

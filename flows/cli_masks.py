@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli_common import workspace_arg
+from flows.cli_common import reads, workspace_arg
 
 
 def _add_augment_masks(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +33,14 @@ def _add_augment_masks(sub: argparse._SubParsersAction) -> None:
                         "the format of every other config (JSON, a subset of YAML, is read too); flags given on the "
                         "command line override it")
     workspace_arg(p)
+    reads(p, datasets=("source",))
     p.set_defaults(handler=_run_augment_masks)
 
 
 def _run_augment_masks(a: argparse.Namespace) -> int:
     import yaml
 
+    from components.errors import InputError
     from components.masks import MaskAugmentConfig
     from flows.masks import AugmentMasksParams, augment_masks_flow
 
@@ -47,9 +49,9 @@ def _run_augment_masks(a: argparse.Namespace) -> int:
         try:
             fields = yaml.safe_load(Path(a.config).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"--config {a.config}: cannot read a YAML mapping of MaskAugmentConfig fields ({err})") from err
+            raise InputError(f"augment-masks --config {a.config}: cannot read a YAML mapping of MaskAugmentConfig fields ({err})") from err
         if not isinstance(fields, dict):
-            raise ValueError(f"--config {a.config}: expected a YAML mapping of MaskAugmentConfig fields, "
+            raise InputError(f"augment-masks --config {a.config}: expected a YAML mapping of MaskAugmentConfig fields, "
                              f"found a {type(fields).__name__}")
     fields.update(per_case=a.per_case, seed=a.seed)
     if a.max_draws is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from flows.cli_common import workspace_arg
+from flows.cli_common import reads, workspace_arg
 
 
 def _add_evaluate_segmentation(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def _add_evaluate_segmentation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.csv", help="per-case CSV to write (a .json goes beside it)")
     p.add_argument("--workers", type=int, default=2, help="cases scored in parallel (default: 2)")
     workspace_arg(p)
+    reads(p, datasets_or_folders=("gt",), folders=("pred",), workspace=False)
     p.set_defaults(handler=_run_evaluate_segmentation)
 
 
@@ -105,6 +106,7 @@ def _add_evaluate_synthesis(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads while scoring; 1 is about twice as fast when other jobs keep the cores busy "
                         "(default: torch's setting)")
     workspace_arg(p)
+    reads(p, datasets=("real", "synthetic"))
     p.set_defaults(handler=_run_evaluate_synthesis)
 
 

@@ -57,8 +57,10 @@ def _run_pipeline(a: argparse.Namespace) -> int:
     print(f"  synthesis scores: {out['synthesis_scores']}")
     for arm in out["arms"]:
         print(f"  ablation {arm['ablation']}: {arm['effect_csv']} (effects), {arm['summary_csv']} (configurations)")
-    print(f"  MLflow comparison: make dashboard WS={out['workspace']}  (then http://127.0.0.1:5000, "
-          f"parent run {out['parent_run_id']})")
+    from flows.cli_dashboard import dashboard_hint
+
+    for arm in out["arms"]:
+        print("\n".join(f"  {line}" for line in dashboard_hint(out["workspace"], arm["parent_run_id"])))
     return 0 if any(r.get("status") == "ok" for r in out["ablation_table"]) else 1
 
 

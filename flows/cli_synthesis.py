@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli_common import workspace_arg
+from flows.cli_common import reads, workspace_arg
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +28,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="continue from the model's last checkpoint, exactly as if never interrupted")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     workspace_arg(p)
+    reads(p, datasets=("dataset",))
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(a: argparse.Namespace) -> int:
+    from components.errors import InputError
+    from components.synthesis.config import load_profile
     from flows.synthesis import TrainSynthesizerParams, train_synthesizer_flow
 
+    try:
+        load_profile(a.profile)  # a typo'd profile answers before the flow starts
+    except InputError as err:
+        raise InputError(f"train-synthesizer --profile {a.profile}: {err}") from None
     out = train_synthesizer_flow(TrainSynthesizerParams(
         workspace=a.workspace, dataset=a.dataset, name=a.name, profile=a.profile, steps=a.steps, resume=a.resume,
         track=not a.no_mlflow))
@@ -68,6 +75,7 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--montage-cases", type=int, default=2,
                    help="cases in the synthetic-vs-real montage (<name>/montage.png; default: 2, 0: none)")
     workspace_arg(p)
+    reads(p, datasets=("masks",), models=("model",))
     p.set_defaults(handler=_run_synthesize)
 
 

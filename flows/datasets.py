@@ -1,13 +1,16 @@
-"""Flows for the foundation stage: the embedded phantom dataset and BraTS ingestion."""
+"""Flows for the foundation stage: the embedded phantom dataset, BraTS ingestion and synthetic sets
+made by other tools."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.brats import IngestConfig, source_fingerprint
+from components.foreign import ForeignIngestConfig, ingest_synthetic
 from components.phantom import PhantomConfig
 from data_catalog import dataset_dir, open_dataset
 from tasks.common import run_cached
@@ -58,6 +61,31 @@ def ingest_flow(params: IngestParams) -> dict:
         ingest_task, [out / "dataset.json"], source=source, source_digest=digest, workspace=ws, name=params.name,
         config=params.config,
     )
+    summary["montage"] = _with_montage(ws, params.name)
+    logger.info(summary["line"])
+    return summary
+
+
+class IngestSyntheticParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: str
+    name: str
+    real: str
+    links: str
+    generator_train_cases: str = Field(description="a file of real case ids the generator learnt from, or 'unknown'")
+    workspace: str = "workspace"
+    config: ForeignIngestConfig = ForeignIngestConfig()
+
+
+@flow(name="ingest-synthetic")
+def ingest_synthetic_flow(params: IngestSyntheticParams) -> dict:
+    """A synthetic set made by another tool, validated like a release and linked to its real cases.
+    Cases whose files are unchanged since the last run are reused (components.brats.ingest_case)."""
+    logger = get_run_logger()
+    ws = str(Path(params.workspace).resolve())
+    s = ingest_synthetic(str(Path(params.source).resolve()), ws, params.name, params.real,
+                         str(Path(params.links).resolve()), params.generator_train_cases, params.config)
+    summary = {**asdict(s), "line": s.line()}
     summary["montage"] = _with_montage(ws, params.name)
     logger.info(summary["line"])
     return summary

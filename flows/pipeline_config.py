@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.ablation import AblationConfig
 from components.brats import IngestConfig
+from components.errors import InputError
 from components.masks import MaskAugmentConfig
 from components.metrics.synthesis import SynthesisEvalConfig
 from components.phantom import PhantomConfig
@@ -120,7 +121,7 @@ class PipelineConfig(BaseModel):
     runner: RunnerConfig = RunnerConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file that cannot run; the message is one sentence naming the file, key and value."""
 
 

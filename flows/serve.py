@@ -1,18 +1,23 @@
-"""A local Prefect server, a process worker and the deployments of prefect.yaml, all on 127.0.0.1."""
+"""A local Prefect server, a process worker and the deployments of prefect.yaml, all on 127.0.0.1.
+
+The server runs on the workspace's own Prefect home (``<workspace>/.prefect``, the one command-line
+runs use), and while it is up that home's active profile names it (``flows.settings``): runs started
+from the command line report to it, and ``PREFECT_HOME=<workspace>/.prefect prefect deployment run
+...`` works from any shell.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from flows.settings import api_answers, prefect_home, record_served_api, served_api_url
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +26,19 @@ POOL = "gliosynth-local"
 
 
 def prefect_env(port: int, workspace: str | os.PathLike) -> dict[str, str]:
-    home = Path(workspace).resolve() / ".prefect-server"
+    """The environment of the server, worker and ``prefect`` commands that serve one workspace."""
+    ws = Path(workspace).resolve()
+    home = prefect_home(ws)
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env.pop("PREFECT_PROFILE", None)  # the settings below are the whole story
     env.update(
         PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false", GLIOSYNTH_ROOT=str(ROOT),
-        PREFECT_LOCAL_STORAGE_PATH=str(Path(workspace).resolve() / ".prefect" / "storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"),
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
+        # prefect.yaml: runs start in this checkout and write to this workspace
+        GLIOSYNTH_ROOT=os.environ.get("GLIOSYNTH_ROOT") or str(ROOT), GLIOSYNTH_WORKSPACE=str(ws),
     )
     return env
 
@@ -41,36 +51,44 @@ def _prefect(*args: str, env: dict[str, str], check: bool = True, timeout: float
     return out
 
 
-def wait_healthy(port: int, timeout: float = 120) -> None:
-    url = f"http://127.0.0.1:{port}/api/health"
+def wait_healthy(port: int, timeout: float = 120, proc: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
+    url = f"http://127.0.0.1:{port}/api"
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if json.loads(r.read()) is True:
-                    return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
+        if api_answers(url, timeout=2):
+            return
+        if proc is not None and proc.poll() is not None:
+            from components.errors import GliosynthError
+
+            said = " ".join(log_path.read_text(errors="replace").split()) if log_path and log_path.exists() else ""
+            raise GliosynthError(f"the Prefect server for 127.0.0.1:{port} stopped at once (status {proc.returncode}): "
+                                 f"{said[-300:] or 'no output'} (its log: {log_path})")
         time.sleep(0.5)
     raise TimeoutError(f"Prefect server on 127.0.0.1:{port} not healthy after {timeout:.0f} s")
 
 
+def _stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def local_server(port: int, workspace: str | os.PathLike) -> Iterator[dict[str, str]]:
-    """Start ``prefect server start`` on 127.0.0.1:port; stop it on exit."""
+    """Start ``prefect server start`` on 127.0.0.1:port over the workspace's Prefect home; stop it on exit."""
     env = prefect_env(port, workspace)
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log_path = Path(env["PREFECT_HOME"]) / "server.log"
+    with open(log_path, "w") as log_fh:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(port)
+        wait_healthy(port, proc=proc, log_path=log_path)
         yield env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def deploy(env: dict[str, str], names: list[str] | None = None) -> None:
@@ -86,34 +104,39 @@ def deploy(env: dict[str, str], names: list[str] | None = None) -> None:
 
 
 @contextmanager
-def worker(env: dict[str, str]) -> Iterator[subprocess.Popen]:
+def worker(env: dict[str, str], quiet: bool = True) -> Iterator[subprocess.Popen]:
+    """A process worker on the pool; ``quiet=False`` lets its log (and its flow runs') reach this terminal."""
+    out = subprocess.DEVNULL if quiet else None
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env=env, stdout=out, stderr=out)
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def run_deployment(env: dict[str, str], flow_and_deployment: str, params: dict | None = None,
-                   timeout: float = 600) -> subprocess.CompletedProcess:
-    """Trigger a deployment and wait for its flow run to end (exit status 0 when it completed)."""
-    extra = ["--params", json.dumps(params)] if params else []
-    return _prefect("deployment", "run", flow_and_deployment, *extra, "--watch", env=env, check=False, timeout=timeout)
+        _stop(proc)
 
 
 def serve_forever(port: int, workspace: str) -> int:
+    """Server, deployments and worker until interrupted; meanwhile the workspace's Prefect home points at them."""
+    from components.errors import GliosynthError
+    from flows.signals import say_on_sigterm
+
+    say_on_sigterm("the Prefect server and worker stop too")
+    home = prefect_home(workspace)
+    running = served_api_url(home)
+    if running and api_answers(running):
+        raise GliosynthError(f"a Prefect server for workspace {Path(workspace).resolve()} already answers at "
+                             f"{running}; use it, or stop it before starting another")
     with local_server(port, workspace) as env:
         deploy(env)
-        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments from prefect.yaml, work pool {POOL})")
-        print("trigger one with: PREFECT_API_URL=" + env["PREFECT_API_URL"]
-              + " .venv/bin/prefect deployment run 'pipeline/demo'")
-        with worker(env) as w:
+        with worker(env, quiet=False) as w:
+            record_served_api(home, env["PREFECT_API_URL"])
             try:
+                print(f"Prefect UI: http://127.0.0.1:{port}  (home {home}; deployments of prefect.yaml on work "
+                      f"pool {POOL}; command-line runs on this workspace report here)", flush=True)
+                print(f"trigger one from any shell: PREFECT_HOME={home} .venv/bin/prefect deployment run "
+                      "'pipeline/demo'", flush=True)
                 return w.wait()
             except KeyboardInterrupt:
                 return 0
+            finally:
+                record_served_api(home, None)  # command-line runs go back to temporary servers

@@ -23,3 +23,12 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny volumes run faster on one torch thread of a shared CPU (use with pytestmark)."""
+    from tests.builders import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -116,6 +116,13 @@ def test_ablation_logs_parent_and_children_to_mlflow(real_syn):
     assert "effect_r1_delta_dice_WT" in parent.data.metrics
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
     assert len(children) == 2
+    # The parent run spans the ablation (open before the first configuration, ended after the last)
+    # in a model-training experiment, and its description leads with the effect table.
+    assert out["parent_status"] == parent.info.status == "FINISHED"
+    assert parent.info.start_time <= min(r.info.start_time for r in children)
+    assert parent.info.end_time >= max(r.info.end_time for r in children)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "### Effect of synthetic cases" in parent.data.tags["mlflow.note.content"]
     plans = {p.name: p for p in plan_mixes(real, syn, AblationConfig(ratios=(0, 1), schedule="tiny"))}
     for run in children:
         m = run.data.metrics

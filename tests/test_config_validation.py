@@ -80,5 +80,5 @@ def test_a_mistyped_workspace_is_an_error_not_a_new_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flows", "datasets", "--workspace", str(typo)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert f"workspace {typo} does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"--workspace {typo}: no such folder" in proc.stderr and "Traceback" not in proc.stderr
     assert not typo.exists()

@@ -67,3 +67,22 @@ def test_auto_device_says_when_it_falls_back_to_the_cpu(caplog):
         assert resolve_device("auto").type == "cpu"
     assert any("no CUDA GPU is visible" in r.getMessage() for r in caplog.records)
     assert visible_gpu_ids() == []
+
+
+@pytest.mark.parametrize("module", ["components.synthesis.network", "components.segmentation.nnunet"])
+def test_every_stage_warns_when_auto_runs_on_the_cpu_and_refuses_a_missing_cuda(module, caplog):
+    import importlib
+
+    import torch
+
+    from components.errors import InputError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: nothing falls back")
+    resolve = importlib.import_module(module).resolve_device
+    with caplog.at_level(logging.WARNING):
+        assert resolve("auto").type == "cpu"
+    assert any("no CUDA GPU is visible" in r.getMessage() and "running on the CPU" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(InputError, match="no CUDA GPU is visible"):
+        resolve("cuda:1")

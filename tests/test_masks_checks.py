@@ -99,7 +99,7 @@ def test_kept_and_rejected_masks_agree_with_the_independent_checker():
         hosts = [h for h in cases if h != cid]
         for _ in range(16):
             p = sample_mask_params(rng, case, cfg, hosts, cases.__getitem__)
-            host = cases[p["host_case"]]
+            host = cases[p.host_case]
             seg, head = apply_mask_params(case.seg, case.head, p, host.head)
             ref = mask_reference(case.seg, host.head, regions, case.spacing, cfg.checks)
             reasons = set(check_mask(seg, head, ref, cfg.checks))

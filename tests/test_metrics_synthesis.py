@@ -1,129 +1,17 @@
-"""Synthesis scores: Frechet distance and KID maths, FID behaviour, MS-SSIM sizes, the random 3-D network, the report."""
+"""The synthesis report: every score with its extractor and counts, pairing, floors, the real split."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from components.metrics import flat_metrics
-from components.metrics.synthesis import (
-    INCEPTION_NAME,
-    RandomConv3d,
-    SynthesisEvalConfig,
-    SynthesisMetricsError,
-    evaluate_synthesis,
-    extract_features,
-    frechet_distance,
-    frechet_distance_features,
-    kernel_inception_distance,
-    msssim_3d,
-    msssim_params,
-    write_report,
-)
-from data_catalog import open_dataset
+from components.metrics.features import INCEPTION_NAME
+from components.metrics.synthesis import SynthesisEvalConfig, SynthesisMetricsError, evaluate_synthesis, write_report
 from tests import builders as b
-
-
-def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
-    # |mu1 - mu2|^2 = 1 + 4 = 5; for commuting covariances the trace term is sum (sqrt(a) - sqrt(b))^2
-    # = (1 - 2)^2 + (2 - 2)^2 + (3 - 1)^2 = 5: d^2 = 10, also after rotating both by one orthogonal matrix.
-    mu1, mu2 = np.zeros(3), np.array([1.0, 2.0, 0.0])
-    s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 4.0, 1.0])
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(10.0, abs=1e-9)
-    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))
-    assert frechet_distance(q @ mu1, q @ s1 @ q.T, q @ mu2, q @ s2 @ q.T) == pytest.approx(10.0, abs=1e-9)
-
-
-def test_frechet_distance_of_few_samples_equals_the_covariance_route():
-    # N < D takes the cross-Gram route; it must equal the D x D covariance formula.
-    rng = np.random.default_rng(1)
-    f1, f2 = rng.standard_normal((12, 40)), 1.3 * rng.standard_normal((9, 40)) + 0.2
-    full = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
-    assert frechet_distance_features(f1, f2) == pytest.approx(full, rel=1e-6)
-
-
-def test_kid_is_near_zero_for_one_distribution_and_large_for_another():
-    rng = np.random.default_rng(2)
-    x, y, z = rng.standard_normal((60, 32)), rng.standard_normal((60, 32)), rng.standard_normal((60, 32)) + 1.0
-    same, _ = kernel_inception_distance(x, y, np.random.default_rng(0), subset_size=30, subsets=20)
-    shifted, _ = kernel_inception_distance(x, z, np.random.default_rng(0), subset_size=30, subsets=20)
-    assert abs(same) < 0.05 * shifted
-
-
-def test_kid_std_is_a_real_spread_when_the_sets_are_smaller_than_the_subset_size():
-    # 10 rows each, subset size 100: subsets of the whole set would all be identical (std exactly 0).
-    rng = np.random.default_rng(6)
-    x, y = rng.standard_normal((10, 32)), rng.standard_normal((10, 32)) + 0.3
-    kid, std = kernel_inception_distance(x, y, np.random.default_rng(0), subset_size=100, subsets=50)
-    assert math.isfinite(kid) and std > 1e-6  # not rounding noise around an exact 0
-    _, std3 = kernel_inception_distance(x[:3], y[:3], np.random.default_rng(0), subset_size=100, subsets=20)
-    assert std3 > 1e-6  # 3 slices a side (the smallest report): subsets of 2
-
-
-@pytest.mark.parametrize("shape, expected", [
-    ((240, 240, 155), (7, 5)),  # BraTS: kernel 7, five scales
-    ((96, 96, 96), (5, 5)),     # reference A4: 96^3 needs kernel <= 5
-    ((32, 32, 32), (3, 4)),     # test sizes: fewer scales
-])
-def test_msssim_parameters_fit_the_volume(shape, expected):
-    kernel, _, weights = msssim_params(shape)
-    assert (kernel, len(weights)) == expected and sum(weights) == pytest.approx(1.0)
-
-
-def test_msssim_runs_on_small_volumes_and_is_one_for_identical_ones():
-    rng = np.random.default_rng(3)
-    a = rng.random((32, 32, 32)).astype(np.float32)
-    kernel, sigma, weights = msssim_params(a.shape)
-    vals = msssim_3d([(a, a), (a, rng.random(a.shape).astype(np.float32))], kernel, sigma, weights)
-    assert vals[0] == pytest.approx(1.0, abs=1e-5) and vals[1] < 0.9
-
-
-def test_random_3d_network_is_fixed_by_its_seed_and_leaves_global_rng_alone():
-    torch_state, np_state = torch.random.get_rng_state(), np.random.get_state()
-    vol = np.random.default_rng(4).random((20, 24, 16)).astype(np.float32)
-    nets = [RandomConv3d(seed=7, size=32), RandomConv3d(seed=7, size=32), RandomConv3d(seed=8, size=32)]
-    feats = [n.features(n.prepare(vol, (1.0, 1.0, 2.0))[None]) for n in nets]
-    assert feats[0].shape == (1, 256)
-    np.testing.assert_array_equal(feats[0], feats[1])
-    assert not np.allclose(feats[0], feats[2])
-    assert torch.equal(torch.random.get_rng_state(), torch_state)
-    assert all(np.array_equal(x, y) for x, y in zip(np.random.get_state()[1:3], np_state[1:3], strict=True))
-
-
-NOISE = (0.0, 0.1, 0.5)
-
-
-@pytest.fixture(scope="module")
-def fid_series(tmp_path_factory):
-    """2-D FID of copies of a 4-case dataset with growing noise (3 slices per dataset: a few seconds)."""
-    ws = tmp_path_factory.mktemp("fid")
-    cases = {f"C{i}": b.brain_case(seed=i) for i in range(4)}
-    b.write_metrics_dataset(ws, "real", cases)
-    cfg = SynthesisEvalConfig(modalities=("t1c",), max_slices=3)
-    net = RandomConv3d(cfg.rand3d_seed, 32)
-    real = extract_features(open_dataset(ws, "real"), sorted(cases), cfg, "cpu", net)
-    out = {}
-    for sigma in NOISE:
-        name = f"noise{sigma:g}"
-        b.write_metrics_dataset(ws, name, b.noisy_copy(cases, sigma, seed=5), kind="synthetic")
-        synth = extract_features(open_dataset(ws, name), sorted(cases), cfg, "cpu", net)
-        out[sigma] = frechet_distance_features(real.inception["t1c"], synth.inception["t1c"])
-    return out
-
-
-def test_fid_of_a_dataset_against_its_copy_is_zero(fid_series):
-    # Slice positions depend on the case id, not the dataset: an identical copy gives identical features.
-    assert fid_series[0.0] == pytest.approx(0.0, abs=1e-3)
-
-
-def test_fid_grows_monotonically_with_noise(fid_series):
-    values = [fid_series[s] for s in NOISE]
-    assert all(a < c for a, c in zip(values, values[1:], strict=False)), values
 
 
 def _with_splits(test: dict, train: dict) -> tuple[dict, dict]:

@@ -15,8 +15,8 @@ import torch
 
 from components.synthesis.config import DiffusionConfig, SynthesisError
 from components.synthesis.network import build_network, build_scheduler
+from components.synthesis.objective import draw_timesteps, optimizer_step, timestep_weights
 from components.synthesis.sampling import make_generator, sample_images
-from components.synthesis.training import draw_timesteps, optimizer_step, timestep_weights
 from tests import builders as b
 
 META = torch.device("meta")

@@ -8,11 +8,7 @@ from data_catalog import open_dataset
 from flows.__main__ import main
 from tests import builders as b
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with b.torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_train_then_synthesize_through_the_cli(prefect_harness, tmp_path, capsys):

@@ -20,8 +20,9 @@ import torch
 from components.synthesis.config import SynthesizeConfig, SynthesizerConfig, load_profile
 from components.synthesis.data import n_condition_channels
 from components.synthesis.network import build_network, build_scheduler, count_parameters, place_network, prior_channels
+from components.synthesis.objective import optimizer_step
 from components.synthesis.sampling import make_generator, resolve_sampling, sample_images
-from components.synthesis.training import learning_rate, optimizer_step
+from components.synthesis.training import learning_rate
 from data_catalog import load_label_scheme
 
 pytestmark = pytest.mark.slow

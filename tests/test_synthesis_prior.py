@@ -65,7 +65,7 @@ def _moved(host, params):
 
 def _params(host, cfg: MaskAugmentConfig, seed: int = 1) -> dict:
     case = MaskCase("c0", "train", host["seg"], host["head"], SPACING, 0)
-    return json.loads(json.dumps(sample_mask_params(np.random.default_rng(seed), case, cfg)))  # as the manifest holds them
+    return json.loads(sample_mask_params(np.random.default_rng(seed), case, cfg).to_json())  # as the manifest holds them
 
 
 def test_a_flipped_mask_gets_the_flipped_prior(host):

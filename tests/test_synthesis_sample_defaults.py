@@ -21,10 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROFILE_SAMPLE = {"sampler": "ddim", "steps": 3, "eta": 0.7, "batch": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with b.torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _with_sample(cfg: SynthesizerConfig, **sample) -> SynthesizerConfig:

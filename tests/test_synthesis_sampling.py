@@ -26,10 +26,7 @@ SYNTH_COLUMNS = {"case_id", "status", "reason", "split", *MODALITIES, "seg", "he
                  *(f"sha256_{k}" for k in (*MODALITIES, "seg", "head"))}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with b.torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

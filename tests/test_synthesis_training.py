@@ -1,4 +1,5 @@
-"""Synthesizer training: the loss falls, checkpoints resume exactly, the train split only is used."""
+"""Synthesizer training: the preconditioned network and its prior, drawn batches, the train split only,
+a grid too small for the heads."""
 
 from __future__ import annotations
 
@@ -7,18 +8,13 @@ import pytest
 import torch
 
 from components.synthesis.config import DiffusionConfig, SynthesisError
-from components.synthesis.data import n_condition_channels
 from components.synthesis.network import build_network, build_scheduler
 from components.synthesis.store import model_paths, read_json
-from components.synthesis.training import read_log, timestep_weights, train_synthesizer, training_loss
-from data_catalog import load_label_scheme, open_dataset
+from components.synthesis.training import train_synthesizer
+from data_catalog import open_dataset
 from tests import builders as b
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with b.torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -26,85 +22,6 @@ def ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("synth-train")
     b.write_catalog_dataset(ws, "tiny", n_cases=4)
     return ws
-
-
-def test_loss_falls_on_a_fixed_batch():
-    from monai.inferers import DiffusionInferer
-
-    cfg = b.tiny_synth_config()
-    scheme = load_label_scheme("brats2023")
-    n_cond = n_condition_channels(scheme)
-    net = build_network(cfg.network, n_cond, seed=0, diffusion=cfg.diffusion)
-    scheduler = build_scheduler(cfg.diffusion)
-    inferer = DiffusionInferer(scheduler)
-    g = torch.Generator().manual_seed(0)
-    # a fixed batch whose four modalities are a function of the mask (what the synthesizer must learn)
-    labels = torch.randint(0, n_cond, (2, 16, 16, 16), generator=g)
-    contrast = torch.rand((n_cond, 4), generator=g) * 2 - 1
-    image = contrast[labels].permute(0, 4, 1, 2, 3).contiguous()
-    noise = torch.randn(image.shape, generator=g)
-    prior = image.mean(0, keepdim=True).expand_as(image).contiguous()  # the profile's prior channels
-    t = torch.tensor([10, 60])
-    w = timestep_weights(scheduler.alphas_cumprod, t, cfg.diffusion)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(50):
-        opt.zero_grad()
-        loss = training_loss(net, inferer, image, labels, noise, t, n_cond, "mse", weights=w, prior=prior)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-
-
-def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws, monkeypatch):
-    import components.synthesis.training as training
-
-    cfg = b.tiny_synth_config(steps=6, checkpoint_every=2, montage_cases=0)
-    train_synthesizer(ws, "tiny", "straight", cfg, track=False, progress=False)
-
-    real_save = training.save_checkpoint
-
-    def save_then_die(paths, step, *args, **kwargs):  # the process is killed right after step 4's checkpoint
-        real_save(paths, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_synthesizer(ws, "tiny", "interrupted", cfg, track=False, progress=False)
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
-    r = train_synthesizer(ws, "tiny", "interrupted", cfg, resume=True, track=False, progress=False)
-    assert r.start_step == 4 and r.steps == 6
-    a = read_log(model_paths(ws, "straight").log)
-    c = read_log(model_paths(ws, "interrupted").log)
-    assert [x["step"] for x in c] == [1, 2, 3, 4, 5, 6]
-    assert [x["loss"] for x in a] == [x["loss"] for x in c]
-    wa = torch.load(model_paths(ws, "straight").ema, weights_only=True)
-    wc = torch.load(model_paths(ws, "interrupted").ema, weights_only=True)
-    assert wa["step"] == wc["step"] == 6
-    for k in wa["ema"]:
-        assert torch.equal(wa["ema"][k], wc["ema"][k]), k
-
-
-def test_resume_to_more_steps_continues_from_the_last_checkpoint(ws):
-    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0, lr_schedule="constant")
-    train_synthesizer(ws, "tiny", "longer", cfg, track=False, progress=False)
-    r = train_synthesizer(ws, "tiny", "longer", cfg, steps=4, resume=True, track=False, progress=False)
-    assert (r.start_step, r.steps) == (2, 4)
-    assert [x["step"] for x in read_log(model_paths(ws, "longer").log)] == [1, 2, 3, 4]
-    # the same as four uninterrupted steps: a constant schedule does not depend on the total
-    train_synthesizer(ws, "tiny", "four", cfg, steps=4, track=False, progress=False)
-    assert [x["loss"] for x in read_log(model_paths(ws, "four").log)] == \
-        [x["loss"] for x in read_log(model_paths(ws, "longer").log)]
-
-
-def test_resume_to_another_total_under_a_cosine_schedule_is_refused(ws):
-    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
-    assert cfg.train.lr_schedule == "cosine"
-    train_synthesizer(ws, "tiny", "cosine", cfg, track=False, progress=False)
-    with pytest.raises(SynthesisError, match="cosine learning-rate schedule"):
-        train_synthesizer(ws, "tiny", "cosine", cfg, steps=4, resume=True, track=False, progress=False)
 
 
 def test_edm_preconditioned_network_starts_as_the_linear_denoiser():
@@ -197,19 +114,6 @@ def test_a_drawn_prior_is_flipped_and_cropped_with_its_image(ws):
     assert none is None and torch.equal(img2, img) and torch.equal(lab2, lab)
 
 
-def test_checkpoint_holds_model_ema_optimizer_step_and_rng_states(ws):
-    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, keep_checkpoints=1, montage_cases=0)
-    train_synthesizer(ws, "tiny", "ck", cfg, track=False, progress=False)
-    paths = model_paths(ws, "ck")
-    assert [s for s, _ in paths.list_checkpoints()] == [2]
-    ck = torch.load(paths.checkpoint(2), weights_only=True)
-    assert ck["step"] == 2 and {"model", "ema", "optimizer", "rng"} <= set(ck)
-    assert set(ck["rng"]) == {"data", "noise"} and all(isinstance(v, torch.Tensor) for v in ck["rng"].values())
-    stats = read_json(paths.stats)
-    assert set(stats["normalisation"]["lo"]) == {"t1n", "t1c", "t2w", "t2f"}
-    assert stats["quality_reference"]["t1c"]["head"]["n_cases"] == 3
-
-
 def test_only_train_split_cases_are_used(ws):
     cfg = b.tiny_synth_config(steps=1, montage_cases=0)
     train_synthesizer(ws, "tiny", "split", cfg, track=False, progress=False)
@@ -219,45 +123,13 @@ def test_only_train_split_cases_are_used(ws):
     assert len(card["train_cases"]) == 3 and not set(card["train_cases"]) & set(ds.ok_cases("test")["case_id"])
 
 
-def test_a_second_training_without_resume_is_refused(ws):
-    cfg = b.tiny_synth_config(steps=1, montage_cases=0)
-    train_synthesizer(ws, "tiny", "twice", cfg, track=False, progress=False)
-    with pytest.raises(SynthesisError, match="--resume"):
-        train_synthesizer(ws, "tiny", "twice", cfg, steps=2, track=False, progress=False)
-    with pytest.raises(SynthesisError, match="config differs"):
-        other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
-        train_synthesizer(ws, "tiny", "twice", other, steps=2, resume=True, track=False, progress=False)
-    assert np.isfinite(read_log(model_paths(ws, "twice").log)[-1]["loss"])
-
-
-def test_lognormal_timesteps_stay_in_range_and_follow_the_generator():
-    from components.synthesis.training import draw_timesteps
-
-    cfg = b.tiny_synth_config()
-    a = build_scheduler(cfg.diffusion).alphas_cumprod
-    t1 = draw_timesteps(500, a, cfg.diffusion, torch.Generator().manual_seed(3))
-    t2 = draw_timesteps(500, a, cfg.diffusion, torch.Generator().manual_seed(3))
-    assert torch.equal(t1, t2) and t1.dtype == torch.long
-    assert 0 <= int(t1.min()) and int(t1.max()) < cfg.diffusion.num_train_timesteps
-    # EDM's median noise level exp(-1.2) ~ 0.3 sits in the lower half of a cosine schedule
-    assert float(t1.float().median()) < cfg.diffusion.num_train_timesteps / 2
-
-
-def test_auto_resume_continues_the_same_model_and_moves_another_aside(ws):
-    cfg = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0, lr_schedule="constant")
-    train_synthesizer(ws, "tiny", "auto", cfg, resume="auto", track=False, progress=False)
-    # the pipeline started again with more steps: continue from the last checkpoint
-    r = train_synthesizer(ws, "tiny", "auto", cfg, steps=3, resume="auto", track=False, progress=False)
-    assert (r.start_step, r.steps) == (2, 3)
-    # another config under the same name: the old model is kept aside, a new one starts at step 0
-    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
-    r = train_synthesizer(ws, "tiny", "auto", other, resume="auto", track=False, progress=False)
-    assert (r.start_step, r.steps) == (0, 2)
-    aside = sorted((ws / "models").glob("auto.replaced-*"))
-    assert len(aside) == 1 and [x["step"] for x in read_log(model_paths(ws, aside[0].name).log)] == [1, 2, 3]
-    # a cosine schedule started for 2 steps, now asked for 3: a new run, since the decay is shaped by the total
-    cos = b.tiny_synth_config(steps=2, checkpoint_every=1, montage_cases=0)
-    train_synthesizer(ws, "tiny", "auto-cos", cos, resume="auto", track=False, progress=False)
-    r = train_synthesizer(ws, "tiny", "auto-cos", cos, steps=3, resume="auto", track=False, progress=False)
-    assert (r.start_step, r.steps) == (0, 3)
-    assert len(sorted((ws / "models").glob("auto-cos.replaced-*"))) == 1
+def test_a_grid_too_small_for_the_heads_is_refused_before_the_first_step(ws):
+    cfg = b.tiny_synth_config(steps=2, montage_cases=0)
+    # at 0.5 mm the heads (about 22 x 18 x 20 mm) span more voxels than the tiny grid's 16 per axis
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spacing": (0.5, 0.5, 0.5)})})
+    with pytest.raises(SynthesisError, match=r"data\.shape \[16, 16, 16\] at \[0\.5, 0\.5, 0\.5\] mm.*would need at "
+                       r"least \[\d+, \d+, \d+\] voxels") as err:
+        train_synthesizer(ws, "tiny", "small-grid", cfg, track=False, progress=False)
+    need = [int(v) for v in str(err.value).split("at least [")[1].split("]")[0].split(", ")]
+    assert all(n > 16 for n in need)
+    assert not model_paths(ws, "small-grid").list_checkpoints()

@@ -1,8 +1,8 @@
 """Mask augmentation: parameters drawn by ``sample_mask_params``, applied by ``apply_mask_params``.
 
 TorchIO's split (a random transform samples parameters, a deterministic one applies them): the
-parameters are a plain JSON-able dict stored in the manifest, so any mask can be replayed exactly
-from its source seg, its head and its ``params``. Labels are only ever resampled
+parameters are a typed model (``components.masks.params.MaskParams``) stored as JSON in the manifest,
+so any mask can be replayed exactly from its source seg, its head and its ``params``. Labels are only ever resampled
 nearest-neighbour (order 0): no label value is invented.
 
 Arrays are (X, Y, Z) on the source grid. ``seg`` holds tumour labels of the source label scheme
@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +30,17 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from components.masks.config import MaskAugmentConfig
+from components.masks.params import (
+    PARAMS_VERSION,
+    AffineParams,
+    ElasticParams,
+    FlipParams,
+    MaskParams,
+    TumourParams,
+)
 
 log = logging.getLogger(__name__)
 
-PARAMS_VERSION = 1
 DEPTH_STEP = 2  # subsampling of the head depth map used to propose tumour centres
 
 
@@ -129,21 +136,20 @@ def sample_mask_params(
     config: MaskAugmentConfig,
     hosts: Sequence[str] = (),
     get_host: Callable[[str], MaskCase] | None = None,
-) -> dict[str, Any]:
+) -> MaskParams:
     """Draw one set of augmentation parameters for ``case`` (all randomness comes from ``rng``).
 
     hosts: case ids that may lend their head for a relocation; the caller restricts them to the
         source's split and grid, and a host of another split or grid raises ValueError here (a test
         case never lends anatomy to a train mask, nor vice versa).
     get_host: loads a host ``MaskCase`` by id (needed only when ``hosts`` is non-empty).
-    Returns a JSON-able dict; ``apply_mask_params`` turns it into a mask deterministically.
+    Returns the parameters; ``apply_mask_params`` turns them into a mask deterministically.
     """
     sp = np.asarray(case.spacing, dtype=float)
-    params: dict[str, Any] = {
-        "version": PARAMS_VERSION, "source_case": case.case_id, "host_case": case.case_id,
-        "shape": [int(s) for s in case.seg.shape], "spacing": [float(s) for s in sp],
-        "tumour": None, "flip": None, "affine": None,
-    }
+    host_case = case.case_id
+    tumour_params: TumourParams | None = None
+    flip_params: FlipParams | None = None
+    affine_params: AffineParams | None = None
     # Draw every random number in a fixed order whatever is applied, so one probability change
     # does not reshuffle the other transforms' draws.
     c = config
@@ -157,7 +163,7 @@ def sample_mask_params(
     iso = rng.uniform(*c.affine.scale)
     shift = rng.uniform(-c.affine.translation_mm, c.affine.translation_mm, size=3)
     scale = s * aniso if u[0] < c.tumour_scale.p else np.ones(3)
-    elastic = {"seed": el_seed, "magnitude_mm": el_mag, "control_mm": el_ctrl} if u[1] < c.elastic.p else None
+    elastic = ElasticParams(seed=el_seed, magnitude_mm=el_mag, control_mm=el_ctrl) if u[1] < c.elastic.p else None
     tumour = case.tumour_points
     host = case
     if tumour is not None:
@@ -174,34 +180,38 @@ def sample_mask_params(
                 if host.seg.shape != case.seg.shape or not np.allclose(host.spacing, case.spacing):
                     raise ValueError(f"host case {host.case_id} has grid {host.seg.shape}/{host.spacing}, "
                                      f"source {case.case_id} has {case.seg.shape}/{case.spacing}: hosts must share the grid")
-                params["host_case"] = host.case_id
+                host_case = host.case_id
             centre_dst = _pick_centre(rng, case, host, edge, scale, elastic, c.relocate.depth_frac)
         if elastic is not None or not np.allclose(scale, 1.0) or not np.allclose(centre_dst, centre_src):
-            params["tumour"] = {
-                "centre_src_vox": [float(v) for v in centre_src],
-                "centre_dst_vox": [float(v) for v in centre_dst],
-                "scale": [float(v) for v in scale],
-                "elastic": elastic,
-            }
+            tumour_params = TumourParams(
+                centre_src_vox=[float(v) for v in centre_src],
+                centre_dst_vox=[float(v) for v in centre_dst],
+                scale=[float(v) for v in scale],
+                elastic=elastic,
+            )
     flip = u[4] < c.flip.p
     if flip:
-        params["flip"] = {"axis": int(case.lr_axis)}
+        flip_params = FlipParams(axis=int(case.lr_axis))
     if u[5] < c.affine.p:
         centre = host.head_centre
         if flip:
             centre[case.lr_axis] = case.seg.shape[case.lr_axis] - 1 - centre[case.lr_axis]
-        params["affine"] = {
-            "centre_vox": [float(v) for v in centre],
-            "rotation_deg": [float(v) for v in rot],
-            "scale": float(iso),
-            "translation_mm": [float(v) for v in shift],
-        }
-    return params
+        affine_params = AffineParams(
+            centre_vox=[float(v) for v in centre],
+            rotation_deg=[float(v) for v in rot],
+            scale=float(iso),
+            translation_mm=[float(v) for v in shift],
+        )
+    return MaskParams(
+        version=PARAMS_VERSION, source_case=case.case_id, host_case=host_case,
+        shape=[int(s) for s in case.seg.shape], spacing=[float(s) for s in sp],
+        tumour=tumour_params, flip=flip_params, affine=affine_params,
+    )
 
 
 def _pick_centre(
     rng: np.random.Generator, case: MaskCase, host: MaskCase, edge: np.ndarray, scale: np.ndarray,
-    elastic: dict[str, Any] | None, depth_frac: float, tries: int = 24,
+    elastic: ElasticParams | None, depth_frac: float, tries: int = 24,
 ) -> np.ndarray:
     """A new tumour centre inside ``host``'s head where the scaled tumour outline fits.
 
@@ -218,7 +228,7 @@ def _pick_centre(
     cand = np.flatnonzero(flat >= depth_frac * r_eq)
     if cand.size == 0:  # tumour too big for this head at that depth: take the deepest region
         cand = np.flatnonzero(flat >= 0.8 * float(flat.max()))
-    margin = 2.0 * elastic["magnitude_mm"] if elastic else 0.0
+    margin = 2.0 * elastic.magnitude_mm if elastic else 0.0
     offsets = edge * scale  # voxel offsets scale like mm offsets (scale is per axis)
     shape = np.array(depth.shape)
     full = np.array(host.head.shape) - 1
@@ -279,7 +289,7 @@ def _gather_nearest(labels: np.ndarray, coords: Sequence[np.ndarray]) -> np.ndar
     return out
 
 
-def _warp_tumour(seg: np.ndarray, t: dict[str, Any], spacing: np.ndarray) -> np.ndarray:
+def _warp_tumour(seg: np.ndarray, t: TumourParams, spacing: np.ndarray) -> np.ndarray:
     """Elastic + scale + move the tumour labels of ``seg``; returns a new (X, Y, Z) label array.
 
     For each output voxel x (mm offset p = (x - c_dst) * spacing from the new centre), the source
@@ -293,10 +303,10 @@ def _warp_tumour(seg: np.ndarray, t: dict[str, Any], spacing: np.ndarray) -> np.
     exactly from its stored seed.
     """
     shape = np.array(seg.shape)
-    c_src = np.asarray(t["centre_src_vox"], dtype=float)
-    c_dst = np.asarray(t["centre_dst_vox"], dtype=float)
-    scale = np.asarray(t["scale"], dtype=float)
-    el = t.get("elastic")
+    c_src = np.asarray(t.centre_src_vox, dtype=float)
+    c_dst = np.asarray(t.centre_dst_vox, dtype=float)
+    scale = np.asarray(t.scale, dtype=float)
+    el = t.elastic
     box = bbox(seg)
     if box is None:
         raise ValueError("apply_mask_params: params move a tumour but the seg has no tumour voxel; "
@@ -305,7 +315,7 @@ def _warp_tumour(seg: np.ndarray, t: dict[str, Any], spacing: np.ndarray) -> np.
     # Output box: the source box mapped forward, plus the largest plausible displacement.
     off_lo = (lo - 0.5 - c_src) * spacing * scale
     off_hi = (hi + 0.5 - c_src) * spacing * scale
-    margin_mm = 3.0 * el["magnitude_mm"] if el else 0.0
+    margin_mm = 3.0 * el.magnitude_mm if el else 0.0
     out_lo = np.floor(c_dst + (off_lo - margin_mm) / spacing).astype(int) - 1
     out_hi = np.ceil(c_dst + (off_hi + margin_mm) / spacing).astype(int) + 1
     out_lo = np.clip(out_lo, 0, shape - 1)
@@ -319,11 +329,11 @@ def _warp_tumour(seg: np.ndarray, t: dict[str, Any], spacing: np.ndarray) -> np.
     denom = spacing * scale  # mm offset -> source voxel offset
     coords: list[np.ndarray] = [(c + p / d).reshape(sh) for p, c, d, sh in zip(p1d, c_src, denom, ax_shape, strict=True)]
     if el:
-        cm = float(el["control_mm"])
+        cm = float(el.control_mm)
         # lattice node 0 sits two spacings before the box so every output point has full support
         starts = [p[0] - 2.0 * cm for p in p1d]
         n = tuple(int(np.ceil((p[-1] - p[0]) / cm)) + 5 for p in p1d)
-        lattice = _control_lattice(int(el["seed"]), n, float(el["magnitude_mm"]))
+        lattice = _control_lattice(int(el.seed), n, float(el.magnitude_mm))
         w = [_bspline_weights((p - s0) / cm, k) for p, s0, k in zip(p1d, starts, n, strict=True)]
         # u_k[a,b,c] = sum_ijl w0[a,i] w1[b,j] w2[c,l] lattice[k,i,j,l], one axis at a time. einsum's
         # own loops, not BLAS: these products are tiny and a multi-threaded BLAS on busy cores spends
@@ -344,53 +354,56 @@ def _rotation_matrix(deg: Sequence[float]) -> np.ndarray:
     return Rotation.from_euler("xyz", list(deg), degrees=True).as_matrix()
 
 
-def affine_voxel_map(a: dict[str, Any], spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix M, offset o) of the ``params["affine"]`` transform y = c + t + s R (x - c) (mm), as the
+def affine_voxel_map(a: AffineParams | Mapping[str, Any], spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix M, offset o) of the ``params.affine`` transform y = c + t + s R (x - c) (mm), as the
     pull-back from an output voxel y to its input voxel x = M y + o (scipy.ndimage.affine_transform's
     convention)."""
+    a = a if isinstance(a, AffineParams) else AffineParams.model_validate(a)
     spacing = np.asarray(spacing, dtype=float)
     s_mat = np.diag(spacing)
     s_inv = np.diag(1.0 / spacing)
-    rot = _rotation_matrix(a["rotation_deg"])
-    s = float(a["scale"])
-    c = spacing * np.asarray(a["centre_vox"], dtype=float)
-    t = np.asarray(a["translation_mm"], dtype=float)
+    rot = _rotation_matrix(a.rotation_deg)
+    s = float(a.scale)
+    c = spacing * np.asarray(a.centre_vox, dtype=float)
+    t = np.asarray(a.translation_mm, dtype=float)
     # output voxel y -> input voxel x = S^-1 (c + R^T (S y - c - t) / s) = M y + o
     matrix = s_inv @ rot.T @ s_mat / s
     offset = s_inv @ (c - rot.T @ (c + t) / s)
     return matrix, offset
 
 
-def head_transform_kind(params: dict[str, Any] | None) -> str:
+def head_transform_kind(params: MaskParams | Mapping[str, Any] | None) -> str:
     """Which whole-head transforms ``params`` apply: "none", "flip", "affine" or "affine+flip".
 
-    The tumour-local ops (elastic, scaling, relocation) move no anatomy and do not count.
+    The tumour-local ops (elastic, scaling, relocation) move no anatomy and do not count. No params
+    (None or {}: a real mask) apply none.
     """
-    p = params or {}
-    kinds = [k for k in ("affine", "flip") if p.get(k)]
+    p = MaskParams.coerce(params)
+    kinds = [k for k in ("affine", "flip") if p is not None and getattr(p, k) is not None]
     return "+".join(kinds) or "none"
 
 
-def head_voxel_map(params: dict[str, Any]) -> np.ndarray | None:
+def head_voxel_map(params: MaskParams | Mapping[str, Any] | None) -> np.ndarray | None:
     """4x4 homogeneous map from a voxel of the mask ``apply_mask_params`` makes to the voxel of the
     host head it was resampled from: the inverse of the whole-head flip then affine, in the source
     grid's voxels. None when ``params`` apply neither (the head is the host's, untouched).
     """
-    if head_transform_kind(params) == "none":
+    p = MaskParams.coerce(params)
+    if p is None or head_transform_kind(p) == "none":
         return None
     # composed as 4x4 matrices by hand: scipy and MONAI apply such a map but build none from these params
     out = np.eye(4)
-    if params.get("affine"):
-        out[:3, :3], out[:3, 3] = affine_voxel_map(params["affine"], params["spacing"])
-    if params.get("flip"):
-        ax = int(params["flip"]["axis"])
+    if p.affine is not None:
+        out[:3, :3], out[:3, 3] = affine_voxel_map(p.affine, p.spacing)
+    if p.flip is not None:
+        ax = int(p.flip.axis)
         flip = np.eye(4)
-        flip[ax, ax], flip[ax, 3] = -1.0, float(params["shape"][ax]) - 1.0  # x -> n - 1 - x, as np.flip
+        flip[ax, ax], flip[ax, 3] = -1.0, float(p.shape[ax]) - 1.0  # x -> n - 1 - x, as np.flip
         out = flip @ out  # the flip is applied first, so it is undone last
     return out
 
 
-def _affine_labels(labels: np.ndarray, a: dict[str, Any], spacing: np.ndarray) -> np.ndarray:
+def _affine_labels(labels: np.ndarray, a: AffineParams, spacing: np.ndarray) -> np.ndarray:
     """Resample a label array under y = c + t + s R (x - c) (mm), nearest-neighbour.
 
     Only the output box that the input's non-zero box maps to is computed (the rest is 0).
@@ -421,41 +434,42 @@ def _affine_labels(labels: np.ndarray, a: dict[str, Any], spacing: np.ndarray) -
 def apply_mask_params(
     seg: np.ndarray,
     head: np.ndarray,
-    params: dict[str, Any],
+    params: MaskParams | Mapping[str, Any],
     host_head: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``params`` (from ``sample_mask_params``) deterministically.
+    """Apply ``params`` (from ``sample_mask_params``, or their JSON read back) deterministically.
 
     seg: (X, Y, Z) tumour labels of the source case; head: its (X, Y, Z) bool head label.
-    host_head: the head of ``params['host_case']`` when it is another case (required then).
+    host_head: the head of ``params.host_case`` when it is another case (required then).
     Returns (seg uint8, head bool), both (X, Y, Z). Pure function of its inputs.
     """
+    params = MaskParams.parse(params)
     seg = np.asarray(seg)
     head = np.asarray(head, dtype=bool)
-    shape = tuple(params.get("shape", seg.shape))
+    shape = tuple(params.shape)
     if seg.shape != shape or head.shape != shape:
         raise ValueError(f"apply_mask_params: params were drawn for shape {shape}, got seg {seg.shape} and head {head.shape}")
     if seg.size and seg.max() > 127:
         raise ValueError(f"apply_mask_params: seg values must be < 128 (tumour labels), found {int(seg.max())}")
-    spacing = np.asarray(params["spacing"], dtype=float)
-    if params["host_case"] != params["source_case"]:
+    spacing = np.asarray(params.spacing, dtype=float)
+    if params.host_case != params.source_case:
         if host_head is None:
-            raise ValueError(f"params of {params['source_case']} relocate the tumour into {params['host_case']}'s head: "
+            raise ValueError(f"params of {params.source_case} relocate the tumour into {params.host_case}'s head: "
                              "pass that head as host_head")
         host = np.asarray(host_head, dtype=bool)
         if host.shape != shape:
-            raise ValueError(f"host head {params['host_case']} has shape {host.shape}, expected {shape}")
+            raise ValueError(f"host head {params.host_case} has shape {host.shape}, expected {shape}")
     else:
         host = head
-    out_seg = _warp_tumour(seg, params["tumour"], spacing) if params.get("tumour") else seg.astype(np.uint8)
+    out_seg = _warp_tumour(seg, params.tumour, spacing) if params.tumour is not None else seg.astype(np.uint8)
     out_head = host
-    if params.get("flip"):
-        ax = int(params["flip"]["axis"])
+    if params.flip is not None:
+        ax = int(params.flip.axis)
         out_seg = np.flip(out_seg, axis=ax)
         out_head = np.flip(out_head, axis=ax)
-    if params.get("affine"):
+    if params.affine is not None:
         # One resampling for both labels: code = 2 * seg + head, split afterwards.
         code = (out_seg.astype(np.uint8) << 1) | out_head.astype(np.uint8)
-        code = _affine_labels(code, params["affine"], spacing)
+        code = _affine_labels(code, params.affine, spacing)
         out_seg, out_head = code >> 1, (code & 1).astype(bool)
     return np.ascontiguousarray(out_seg, dtype=np.uint8), np.ascontiguousarray(out_head, dtype=bool)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from components.config_base import FrozenModel
 
 
 def _check_range(name: str, r: tuple[float, float], lo: float | None = None) -> None:
@@ -16,13 +14,13 @@ def _check_range(name: str, r: tuple[float, float], lo: float | None = None) -> 
         raise ValueError(f"{name}: values must be >= {lo}, got {r}")
 
 
-class FlipConfig(_Frozen):
+class FlipConfig(FrozenModel):
     """Left-right flip of the whole head (the voxel axis closest to the scanner's x axis)."""
 
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a left-right flip")
 
 
-class AffineConfig(_Frozen):
+class AffineConfig(FrozenModel):
     """Rigid-plus-scale transform of the whole head (head and tumour together) about the head centre."""
 
     p: float = Field(0.7, ge=0.0, le=1.0, description="probability of an affine transform")
@@ -36,7 +34,7 @@ class AffineConfig(_Frozen):
         return self
 
 
-class ElasticConfig(_Frozen):
+class ElasticConfig(FrozenModel):
     """Smooth random displacement of the tumour only (cubic B-spline on a control lattice)."""
 
     p: float = Field(0.6, ge=0.0, le=1.0, description="probability of an elastic deformation of the tumour")
@@ -50,7 +48,7 @@ class ElasticConfig(_Frozen):
         return self
 
 
-class TumourScaleConfig(_Frozen):
+class TumourScaleConfig(FrozenModel):
     """Scaling of the tumour about its centre of mass (head unchanged)."""
 
     p: float = Field(0.6, ge=0.0, le=1.0, description="probability of scaling the tumour")
@@ -63,7 +61,7 @@ class TumourScaleConfig(_Frozen):
         return self
 
 
-class RelocateConfig(_Frozen):
+class RelocateConfig(FrozenModel):
     """Move the tumour to another position inside a brain: its own head or another case's (same split)."""
 
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability of relocating the tumour")
@@ -74,7 +72,7 @@ class RelocateConfig(_Frozen):
                                           "inside the host head (distance to the head surface in mm)")
 
 
-class CheckConfig(_Frozen):
+class CheckConfig(FrozenModel):
     """Plausibility checks applied to every candidate mask (see components.masks.checks)."""
 
     volume_mm3_wt: tuple[float, float] = Field((500.0, 500_000.0), description="absolute whole-tumour volume bounds in mm^3")
@@ -91,7 +89,7 @@ class CheckConfig(_Frozen):
         return self
 
 
-class MaskAugmentConfig(_Frozen):
+class MaskAugmentConfig(FrozenModel):
     """Settings of one masks dataset: how many masks, which transforms, which checks."""
 
     per_case: int = Field(4, ge=1, le=10_000, description="augmented masks requested per source case")

@@ -16,7 +16,6 @@ case of the same split, so no anatomy or tumour of a test case ever reaches a tr
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import threading
@@ -31,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from components.errors import InputError
 from components.io import atomic_dir, atomic_path, link_or_copy, sha256_file, write_case_volumes
 from components.masks.augment import MaskCase, apply_mask_params, lr_axis_from_affine, sample_mask_params
 from components.masks.checks import CHECK_REASONS, MaskReference, check_mask, mask_reference
@@ -38,14 +38,17 @@ from components.masks.config import MaskAugmentConfig
 from components.masks.features import feature_columns, mask_features
 from components.masks.head import derive_head_mask
 from components.progress import tqdm
+from components.seeds import derive_seed
 from data_catalog import (
     MODALITIES,
     STATUS_OK,
-    STATUS_QUARANTINED,
     Dataset,
     dataset_dir,
     dataset_parent_entry,
+    file_of,
+    has_file,
     open_dataset,
+    quarantine_row,
     register_dataset,
     remove_stale_cases,
 )
@@ -53,6 +56,10 @@ from data_catalog import (
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = "source"
+# A failed mask's columns after case_id, split, source_case and seed, in the order the masks manifest
+# has always had them (a manifest's columns follow its first row; manifest.csv's columns are a contract).
+_FAILED_COLUMNS = ("status", "seg", "head", "sha256_seg", "sha256_head", "host_case", "draws", "params", "labels",
+                   "reason")
 SOURCE_FEATURES = "source_features.parquet"
 # Features whose spread the summary compares between real and augmented masks.
 COVERAGE_FEATURES = ("volume_mm3_wt", "sphericity_wt", "centroid_x_mm_wt", "centroid_y_mm_wt", "centroid_z_mm_wt",
@@ -95,15 +102,11 @@ class AugmentSummary:
 def mask_seed(seed: int, case_id: str, k: int) -> int:
     """Seed of the k-th mask of a case: independent of case order and of other cases."""
     key = int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16)
-    return int(np.random.SeedSequence([int(seed), key, int(k)]).generate_state(1)[0])
+    return derive_seed(seed, key, k)  # the case id enters as its sha256 prefix, not as derive_seed's CRC-32
 
 
 def mask_id(case_id: str, k: int) -> str:
     return f"{case_id}-aug{k:03d}"
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -163,11 +166,11 @@ def _source_case(src: Dataset, row: pd.Series, root: Path, regions: dict, config
         raise ValueError(f"source {src.name}, case {cid}: {seg_path} should be a 3-D label map with values 0-127, "
                          f"found shape {seg.shape} and values {np.unique(seg)[:8]}")
     seg = seg.astype(np.uint8)
-    head_rel = row.get("head")
-    if isinstance(head_rel, str) and head_rel:
+    head_rel = file_of(row, "head")
+    if head_rel is not None:
         head = _load(src.root / head_rel)[0].astype(bool) | (seg > 0)
     else:
-        mods = [m for m in MODALITIES if isinstance(row.get(m), str) and row[m]]
+        mods = [m for m in MODALITIES if has_file(row, m)]
         if not mods:
             raise ValueError(f"source {src.name}, case {cid}: no modality image and no head file to derive the head "
                              f"label from; expected columns {list(MODALITIES)} or 'head' in its manifest")
@@ -212,9 +215,8 @@ def _augment_case(
         local: Counter = Counter()
         row: dict[str, Any] = {"case_id": mid, "split": case.split, "source_case": cid, "seed": seed}
         for draw in range(config.max_draws):
-            params = sample_mask_params(rng, case, config, hosts, store)
-            params["draw"] = draw
-            host = params["host_case"]
+            params = sample_mask_params(rng, case, config, hosts, store).model_copy(update={"draw": draw})
+            host = params.host_case
             host_head = store(host).head if host != cid else None
             seg, head = apply_mask_params(case.seg, case.head, params, host_head)
             if host not in refs:
@@ -229,18 +231,17 @@ def _augment_case(
             row.update(
                 status=STATUS_OK, reason="", seg=f"cases/{mid}/{written['seg']}", head=f"cases/{mid}/{written['head']}",
                 sha256_seg=written["sha256_seg"], sha256_head=written["sha256_head"], host_case=host, draws=draw + 1,
-                params=_json(params), labels=[int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))],
+                params=params.to_json(), labels=[int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))],
             )
             row.update(mask_features(seg, regions, case.spacing))
             break
         else:
             counts = ", ".join(f"{r} {n}" for r, n in local.most_common())
-            row.update(
-                status=STATUS_QUARANTINED, seg="", head="", sha256_seg="", sha256_head="", host_case="",
-                draws=config.max_draws, params="", labels=[],
-                reason=f"mask {k} of source case {cid}: none of {config.max_draws} candidate draws passed the "
-                       f"plausibility checks (rejections: {counts}); raise --max-draws or widen the check bounds",
-            )
+            failed = quarantine_row(
+                mid, f"mask {k} of source case {cid}: none of {config.max_draws} candidate draws passed the "
+                     f"plausibility checks (rejections: {counts}); raise --max-draws or widen the check bounds",
+                case.split, file_keys=("seg", "head"), host_case="", draws=config.max_draws, params="", labels=[])
+            row.update((c, failed[c]) for c in _FAILED_COLUMNS)
         row.update(shape=[int(s) for s in case.seg.shape], spacing=[float(s) for s in case.spacing])
         rows.append(row)
         bar.update(1)
@@ -269,15 +270,15 @@ def augment_masks(
     cfg = config or MaskAugmentConfig()
     t0 = time.perf_counter()
     if name == source:
-        raise ValueError(f"the masks dataset needs its own name; --name {name!r} is the source dataset")
+        raise InputError(f"the masks dataset needs its own name; --name {name!r} is the source dataset")
     src = open_dataset(workspace, source)
     scheme = src.label_scheme
     regions = {k: tuple(v) for k, v in scheme.regions.items()}
     ok = src.ok_cases()
-    has_seg = ok["seg"].map(lambda v: isinstance(v, str) and bool(v)) if "seg" in ok else pd.Series(False, index=ok.index)
+    has_seg = pd.Series([has_file(r, "seg") for r in ok.to_dict("records")], index=ok.index, dtype=bool)
     rows = ok[has_seg & ok["split"].isin(cfg.splits)].reset_index(drop=True)
     if rows.empty:
-        raise ValueError(f"dataset {source!r} has no ok case with a seg in splits {list(cfg.splits)}; "
+        raise InputError(f"dataset {source!r} has no ok case with a seg in splits {list(cfg.splits)}; "
                          "masks are augmented from segmentations (ingest a release with labels, or make a phantom)")
     root = dataset_dir(workspace, name)
     root.mkdir(parents=True, exist_ok=True)

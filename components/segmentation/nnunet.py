@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.devices import resolve_device as _resolve_device
+
 if TYPE_CHECKING:  # torch is imported where it is used: configs validate without it
     import torch
 
@@ -91,15 +93,7 @@ def default_schedule() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        log.warning("nnU-Net device 'auto': no CUDA GPU is visible (torch %s, CUDA build %s), training on the CPU",
-                    torch.__version__, torch.version.cuda)
-        return torch.device("cpu")
-    return torch.device(name)
+    return _resolve_device(name, "nnU-Net")
 
 
 @contextlib.contextmanager

@@ -14,20 +14,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from components.config_base import FrozenModel
+from components.errors import InputError
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthesizer"
 
 
-class SynthesisError(ValueError):
-    """Wrong input or state for the synthesizer (a ValueError, so the CLI prints it as one line)."""
+class SynthesisError(InputError):
+    """Wrong input or state for the synthesizer."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class DataConfig(_Frozen):
+class DataConfig(FrozenModel):
     """The grid the network sees and how intensities are scaled onto it."""
 
     spacing: tuple[float, float, float] | None = Field(
@@ -54,7 +53,7 @@ class DataConfig(_Frozen):
         return self
 
 
-class NetworkConfig(_Frozen):
+class NetworkConfig(FrozenModel):
     """Arguments of MONAI's ``DiffusionModelUNet`` (spatial_dims 3; in/out channels come from the data)."""
 
     channels: tuple[int, ...] = (32, 64, 64)
@@ -76,7 +75,7 @@ class NetworkConfig(_Frozen):
         return self
 
 
-class DiffusionConfig(_Frozen):
+class DiffusionConfig(FrozenModel):
     """Forward process and objective (Ho et al. 2020; cosine schedule of Nichol & Dhariwal 2021)."""
 
     num_train_timesteps: int = Field(1000, ge=2)
@@ -119,7 +118,7 @@ class DiffusionConfig(_Frozen):
         return self
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(FrozenModel):
     steps: int = Field(..., ge=1, description="optimizer steps in total")
     batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
@@ -140,7 +139,7 @@ class TrainConfig(_Frozen):
     montage_steps: int = Field(50, ge=1, description="DDIM steps for that montage")
 
 
-class SampleConfig(_Frozen):
+class SampleConfig(FrozenModel):
     """This model's sampler: the synthesize stage takes every field that its SynthesizeConfig leaves
     unset (None) from here, so a model samples the way its profile was validated.
 
@@ -154,12 +153,12 @@ class SampleConfig(_Frozen):
     batch: int = Field(1, ge=1, description="volumes sampled together")
 
 
-class SynthesizerConfig(_Frozen):
+class SynthesizerConfig(FrozenModel):
     """Everything that defines one trained synthesizer."""
 
     profile: str = "custom"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     data: DataConfig
     network: NetworkConfig = NetworkConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -194,7 +193,7 @@ class SynthesizerConfig(_Frozen):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-class SynthesizeConfig(_Frozen):
+class SynthesizeConfig(FrozenModel):
     """One sampling run of a trained model over a masks dataset.
 
     sampler, steps, eta and batch left None are taken from the model's profile (``sample`` in its
@@ -206,7 +205,7 @@ class SynthesizeConfig(_Frozen):
     steps: int | None = Field(None, ge=1, description="DDIM steps; None: the model's sample.steps (DDPM: always T)")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM noise weight (0 is deterministic given the "
                               "initial noise); None: the model's sample.eta. DDPM has none")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="run seed; each case's own seed is recorded in the manifest")
     batch: int | None = Field(None, ge=1, description="volumes sampled together; None: the model's sample.batch")
     samples_per_mask: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

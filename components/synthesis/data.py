@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from components.io import atomic_path, load_nifti, write_json_atomic
 from components.progress import tqdm
 from components.synthesis.config import DataConfig, SynthesisError
-from data_catalog import MODALITIES, Dataset, LabelScheme
+from data_catalog import MODALITIES, Dataset, LabelScheme, has_file
 
 log = logging.getLogger(__name__)
 
@@ -219,22 +219,17 @@ def denormalise(x: np.ndarray, head: np.ndarray, lo: np.ndarray, hi: np.ndarray)
 
 
 # --------------------------------------------------------------------------- reading cases
-def _has(row: pd.Series, key: str) -> bool:
-    v = row.get(key)
-    return isinstance(v, str) and bool(v)
-
-
 def load_case(ds: Dataset, row: pd.Series, with_images: bool = True) -> dict[str, Any]:
     """Read one case: images (or None), seg, head and affine. The head comes from the dataset's
     ``head`` file when it has one, else it is derived from the images."""
     cid = row["case_id"]
-    if not _has(row, "seg"):
+    if not has_file(row, "seg"):
         raise SynthesisError(f"dataset {ds.name!r}, case {cid}: no seg file; a conditioning mask is required")
     seg, affine, _ = load_nifti(ds.path(cid, "seg"))
     seg = np.rint(np.asarray(seg)).astype(np.uint8)
     images, dtype = None, ""
-    if with_images or not _has(row, "head"):
-        if not all(_has(row, m) for m in MODALITIES):
+    if with_images or not has_file(row, "head"):
+        if not all(has_file(row, m) for m in MODALITIES):
             raise SynthesisError(f"dataset {ds.name!r}, case {cid}: needs {', '.join(MODALITIES)} "
                                  f"({'to train on' if with_images else 'to derive a head mask; or give a head file'})")
         vols = []
@@ -245,7 +240,7 @@ def load_case(ds: Dataset, row: pd.Series, with_images: bool = True) -> dict[str
                 raise SynthesisError(f"dataset {ds.name!r}, case {cid}: {m} has shape {arr.shape}, seg {seg.shape}")
             vols.append(np.asarray(arr, dtype=np.float32))
         images = np.stack(vols)
-    if _has(row, "head"):
+    if has_file(row, "head"):
         head_arr, _, _ = load_nifti(ds.path(cid, "head"))
         head = np.asarray(head_arr) > 0
         if head.shape != seg.shape:
@@ -266,6 +261,33 @@ class PreparedCase:
     info: dict[str, Any]  # window lo/hi, resampled, tissue statistics
 
 
+def head_extent(head: np.ndarray) -> list[int]:
+    """Voxels spanned by the head's bounding box along each axis (what a model grid must hold)."""
+    idx = np.nonzero(head)
+    return [int(a.max() - a.min() + 1) if a.size else 0 for a in idx]
+
+
+# Head voxels a training case may lose to the model window before the grid counts as too small for it.
+HEAD_LOSS_TOLERANCE = 0.02
+
+
+def check_grid_fits(dataset: str, ids: list[str], infos: list[dict[str, Any]], cfg: DataConfig) -> None:
+    """Refuse a training set whose heads the profile's grid cannot hold (SynthesisError naming the grid
+    and the shape it would need); such a model could not synthesize from this dataset's masks."""
+    bad = [(cid, i) for cid, i in zip(ids, infos, strict=True)
+           if i["lost_tumour_voxels"] > 0 or i["lost_head_voxels"] > HEAD_LOSS_TOLERANCE * max(i["head_voxels"], 1)]
+    if not bad:
+        return
+    need = [max(e) for e in zip(*(i["head_extent"] for i in infos), strict=True)]
+    cid, worst = max(bad, key=lambda b: b[1]["lost_head_voxels"])
+    where = f"at {list(cfg.spacing)} mm" if cfg.spacing is not None else "at the dataset's own spacing"
+    raise SynthesisError(
+        f"dataset {dataset!r}: the heads of {len(bad)} of {len(ids)} training cases do not fit the profile's grid "
+        f"data.shape {list(cfg.shape)} {where} (case {cid} loses {worst['lost_head_voxels']} head and "
+        f"{worst['lost_tumour_voxels']} tumour voxels); the grid would need at least {need} voxels: choose a "
+        f"profile with a larger data.shape or a coarser data.spacing")
+
+
 def prepare_case(ds: Dataset, row: pd.Series, cfg: DataConfig, scheme: LabelScheme) -> PreparedCase:
     from components.synthesis.quality import tissue_statistics
 
@@ -276,6 +298,7 @@ def prepare_case(ds: Dataset, row: pd.Series, cfg: DataConfig, scheme: LabelSche
     labels = condition_labels(fc.seg, fc.head, scheme, where=f"dataset {ds.name!r}, case {c['case_id']}")
     info = {"lo": lo.tolist(), "hi": hi.tolist(), "resampled": fc.resampled, "source_spacing": list(fc.source_spacing),
             "lost_head_voxels": fc.lost_head_voxels, "lost_tumour_voxels": fc.lost_tumour_voxels,
+            "head_voxels": int(fc.grid_head.sum()), "head_extent": head_extent(fc.grid_head),
             "tissue": tissue_statistics(image, fc.seg, fc.head, scheme),
             "dtype": c["dtype"]}
     return PreparedCase(c["case_id"], image, labels, fc.affine, info)
@@ -283,7 +306,7 @@ def prepare_case(ds: Dataset, row: pd.Series, cfg: DataConfig, scheme: LabelSche
 
 def case_fingerprint(row: pd.Series, cfg: DataConfig, scheme: LabelScheme) -> str:
     files = {k: str(row.get(f"sha256_{k}", "")) for k in (*MODALITIES, "seg", "head")}
-    key = {"files": files, "data": cfg.model_dump(mode="json"), "scheme": scheme.name, "head": head_method(), "v": 1}
+    key = {"files": files, "data": cfg.model_dump(mode="json"), "scheme": scheme.name, "head": head_method(), "v": 2}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -343,6 +366,7 @@ def prepare_training_set(ds: Dataset, cases: pd.DataFrame, cfg: DataConfig, sche
             write_json_atomic(meta, info)
         ids.append(cid)
         infos.append(info)
+    check_grid_fits(ds.name, ids, infos, cfg)
     nbytes = sum(int(np.prod(i["shape"])) * (4 * 4 + 1) for i in infos)
     return TrainingSet(cache_dir, ids, infos, in_memory=nbytes <= memory_limit_bytes)
 

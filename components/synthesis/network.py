@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from components.devices import resolve_device as _resolve_device
 from components.synthesis.config import DiffusionConfig, NetworkConfig, SynthesisError
 from data_catalog import MODALITIES
 
@@ -127,8 +128,4 @@ def count_parameters(net: torch.nn.Module) -> int:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SynthesisError("device 'cuda' requested but no CUDA device is available; use --device auto or cpu")
-    return torch.device(device)
+    return _resolve_device(device, "synthesizer")

@@ -13,39 +13,53 @@ A mask without a whole-head transform keeps the prior as it is (the very same ar
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from components.synthesis.config import DataConfig, SynthesisError
 
+if TYPE_CHECKING:
+    from components.masks.params import MaskParams
+
 NONE = "none"
 
 
-def mask_params(row: pd.Series) -> dict[str, Any]:
-    """The augmentation params of a masks-manifest row ({} for a real mask or no params)."""
+def mask_params(row: pd.Series) -> MaskParams | None:
+    """The augmentation params of a masks-manifest row, or None for a mask that has none (a real
+    mask; a dataset whose ``params`` say how it was made, not how a mask was augmented)."""
+    from components.masks.params import MaskParams
+
     raw = row.get("params")
-    if isinstance(raw, dict):
+    if isinstance(raw, MaskParams):
         return raw
-    if not isinstance(raw, str) or not raw.strip():
-        return {}
+    if isinstance(raw, str):
+        if not raw.strip():
+            return None
+        try:
+            raw = json.loads(raw)
+        except ValueError as err:
+            raise SynthesisError(f"mask case {row.get('case_id')}: params are not JSON ({err})") from err
+    if not isinstance(raw, Mapping) or "version" not in raw:  # augmentation params carry their version
+        return None
     try:
-        out = json.loads(raw)
+        return MaskParams.parse(raw)
     except ValueError as err:
-        raise SynthesisError(f"mask case {row.get('case_id')}: params are not JSON ({err})") from err
-    return out if isinstance(out, dict) else {}
+        raise SynthesisError(f"mask case {row.get('case_id')}: params are not mask-augmentation params "
+                             f"({str(err).splitlines()[0]})") from err
 
 
-def prior_transform_kind(params: dict[str, Any]) -> str:
+def prior_transform_kind(params: MaskParams | Mapping[str, Any] | None) -> str:
     """"none", "flip", "affine" or "affine+flip": the whole-head transforms the prior must follow."""
     from components.masks.augment import head_transform_kind
 
     return head_transform_kind(params)
 
 
-def transform_prior(prior: np.ndarray, params: dict[str, Any], mask_grid_affine: np.ndarray, mask_affine: np.ndarray,
+def transform_prior(prior: np.ndarray, params: MaskParams | Mapping[str, Any] | None, mask_grid_affine: np.ndarray, mask_affine: np.ndarray,
                     host_grid_affine: np.ndarray, host_affine: np.ndarray) -> np.ndarray:
     """The prior (C, X, Y, Z) for the mask that ``params`` made from its host's head.
 

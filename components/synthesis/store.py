@@ -18,14 +18,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from components.io import sha256_file
 from components.synthesis.config import SynthesisError, SynthesizerConfig
-from components.synthesis.network import build_network, place_network, resolve_device
 from data_catalog import LabelScheme, load_label_scheme
+
+if TYPE_CHECKING:  # torch loads only when a model does: the command line checks a model name without it
+    import torch
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -97,6 +97,11 @@ def weights_digest(workspace: str | Path, name: str) -> str:
     return sha256_file(paths.ema)
 
 
+def require_trained(workspace: str | Path, name: str) -> None:
+    """Model ``name`` exists and has a trained checkpoint (SynthesisError / ModelNotTrainedError otherwise)."""
+    _require_trained(model_paths(workspace, name), name)
+
+
 def _require_trained(paths: ModelPaths, name: str) -> None:
     if not paths.config.is_file():
         known = sorted(p.name for p in paths.root.parent.iterdir()) if paths.root.parent.is_dir() else []
@@ -133,6 +138,10 @@ def load_trained_model(workspace: str | Path, name: str, device: str = "auto") -
     if not paths.stats.is_file():
         raise ModelNotTrainedError(f"model {name!r}: {paths.stats} is missing (normalisation statistics); retrain it")
     stats = read_json(paths.stats)
+    import torch
+
+    from components.synthesis.network import build_network, place_network, resolve_device
+
     blob = torch.load(paths.ema, map_location="cpu", weights_only=True)
     step = int(blob.get("step", 0))
     if step < 1:

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 
 from components.io import atomic_dir, sha256_file, write_case_volumes
 from components.progress import tqdm
+from components.seeds import derive_seed
 from components.synthesis.config import SynthesisError, SynthesizeConfig
 from components.synthesis.data import (
     FittedCase,
@@ -45,14 +45,16 @@ from components.synthesis.store import TrainedModel, load_trained_model
 from data_catalog import (
     MODALITIES,
     STATUS_OK,
-    STATUS_QUARANTINED,
     CatalogError,
     Dataset,
     dataset_dir,
     dataset_parent_entry,
+    has_file,
     open_dataset,
+    quarantine_row,
     register_dataset,
     remove_stale_cases,
+    text_of,
 )
 
 log = logging.getLogger(__name__)
@@ -96,33 +98,30 @@ class _Item:
 
 def case_seed(seed: int, mask_case: str, index: int) -> int:
     """Seed of one synthetic case: from the run seed, the mask case id and the sample index."""
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(mask_case.encode()), int(index)]).generate_state(1)[0])
+    return derive_seed(seed, mask_case, index)
 
 
 def _mask_digest(ds: Dataset, row: pd.Series) -> dict[str, str]:
-    keys = ["seg", "head"] if isinstance(row.get("head"), str) and row.get("head") else ["seg", *MODALITIES]
+    keys = ["seg", "head"] if has_file(row, "head") else ["seg", *MODALITIES]
     return {k: str(row.get(f"sha256_{k}") or sha256_file(ds.path(row["case_id"], k))) for k in keys}
 
 
 def _source_case(row: pd.Series) -> str:
-    v = row.get("source_case")
-    return v if isinstance(v, str) and v else str(row["case_id"])
+    return text_of(row, "source_case") or str(row["case_id"])
 
 
 def _params(it: _Item, sampler: str, steps: int, eta: float, tm: TrainedModel, extra: dict[str, Any] | None = None) -> str:
     p = {"sampler": sampler, "steps": steps, "eta": eta, "sample_index": it.index, "model": tm.name,
-         "model_step": tm.step, **(extra or {})}
+         "model_step": tm.step, "device": str(tm.device), **(extra or {})}
     return json.dumps(p, sort_keys=True)
 
 
 def _quarantine_row(it: _Item, reason: str, params: str, digest: str) -> dict[str, Any]:
-    row: dict[str, Any] = {k: "" for k in FILE_KEYS}
-    row.update({f"sha256_{k}": "" for k in FILE_KEYS})
-    row.update(case_id=it.case_id, status=STATUS_QUARANTINED, reason=reason, split=str(it.row.get("split", "")),
-               has_seg=False, shape=None, spacing=None, orientation="", labels=[], source_case=_source_case(it.row),
-               mask_case=it.mask_case, seed=it.seed, params=params, model_digest=digest, quality_score=math.nan,
-               fingerprint=it.fingerprint)
-    return row
+    return quarantine_row(
+        it.case_id, reason, str(it.row.get("split", "")), file_keys=FILE_KEYS, has_seg=False, shape=None, spacing=None,
+        orientation="", labels=[], source_case=_source_case(it.row), mask_case=it.mask_case, seed=it.seed,
+        params=params, model_digest=digest, quality_score=math.nan, fingerprint=it.fingerprint,
+    )
 
 
 def _write_case(it: _Item, fc: FittedCase, x: np.ndarray, tm: TrainedModel, cases_dir: Path, params: str) -> dict[str, Any]:
@@ -237,7 +236,7 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
                     moved = None  # None: the model's prior as it is
                     if it.prior_transform != NONE and prior_np is not None:
                         p = mask_params(it.row)
-                        host = str(p.get("host_case") or _source_case(it.row))
+                        host = str((p.host_case if p is not None else "") or _source_case(it.row))
                         if host not in hosts:
                             hosts[host] = host_grid(mds.root, str(mds.info.get("source_features") or "source_features.parquet"),
                                                     host, tm.config.data)
@@ -313,7 +312,7 @@ def synthesis_montage(ds: Dataset, masks: Dataset, n_cases: int = 4, out: Path |
 
     def real_row(d: Dataset, cid: str, label: str) -> dict[str, Any] | None:
         m = d.manifest.loc[d.manifest["case_id"] == cid]
-        if m.empty or not all(isinstance(m.iloc[0].get(k), str) and m.iloc[0].get(k) for k in MODALITIES):
+        if m.empty or not all(has_file(m.iloc[0], k) for k in MODALITIES):
             return None
         seg, aff, _ = load_nifti(d.path(cid, "seg"))
         return {"case_id": f"{cid}\n{label}", "images": {k: load_nifti(d.path(cid, k))[0].astype(np.float32)
