@@ -1,4 +1,5 @@
-"""The ratio ablation: real+synthetic mixes, nnU-Net per mix, scores on held-out real cases only.
+"""The ratio ablation: real+synthetic mixes, a segmenter (nnU-Net by default) per mix, scores on
+held-out real cases only.
 
 A mix = real train cases (optionally a seeded subset: the data-scarce case) + synthetic cases at
 ratio r (synthetic per real), optionally only the highest-quality ones, optionally without the
@@ -9,13 +10,15 @@ real cases. The test set is the real dataset's fixed test split. Leakage is chec
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
+from components.backends import DEFAULT_SEGMENTER
 from components.config_base import FrozenModel
 from components.errors import InputError
 from components.export import ExportCase, cases_from_dataset, export_nnunet, reserve_dataset_ids
@@ -86,7 +90,8 @@ class AblationConfig(FrozenModel):
 
 @dataclass(frozen=True)
 class MixPlan:
-    """Which cases one configuration trains on and tests on (ids only: cheap to hash and cache).
+    """Which cases one configuration trains on and tests on (ids only: cheap to hash and cache), and
+    the segmenter (``components.backends``) that trains on them.
 
     ``real_pool`` is the real subset the configuration stands for: its real training cases, and
     the only real cases its synthetic cases (and their generator) may derive from.
@@ -101,6 +106,7 @@ class MixPlan:
     test_ids: tuple[str, ...]
     requested_synthetic: int
     real_pool: tuple[str, ...] = ()
+    segmenter: str = DEFAULT_SEGMENTER
 
     @property
     def n_real(self) -> int:
@@ -171,8 +177,12 @@ def make_real_subset(workspace: str | Path, real: Dataset, fraction: float, subs
     )
 
 
-def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig) -> list[MixPlan]:
+def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig,
+               segmenters: Sequence[str] = (DEFAULT_SEGMENTER,)) -> list[MixPlan]:
     """All configurations of the ablation. Selection is seeded and nested across ratios.
+
+    Every mix is crossed with every segmenter; with one segmenter a configuration is named after
+    its mix alone (``r1-s0``), with more after both (``nnunet-r1-s0``).
 
     For one seed the synthetic cases are taken from one fixed permutation, so the cases of ratio
     0.5 are a subset of those of ratio 1: differences between ratios are not re-draws. Every
@@ -225,7 +235,9 @@ def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig) ->
                 real_ids=() if syn_only else pool, synthetic_ids=tuple(sorted(candidates[:want])), test_ids=test_ids,
                 requested_synthetic=int(want), real_pool=pool,
             ))
-    return plans
+    if len(segmenters) == 1:
+        return [replace(p, segmenter=segmenters[0]) for p in plans]
+    return [replace(p, name=f"{s}-{p.name}", segmenter=s) for s in segmenters for p in plans]
 
 
 @dataclass(frozen=True)
@@ -453,34 +465,30 @@ def seed_params(schedule: NnunetSchedule) -> dict[str, Any]:
 
 def run_configuration(
     workspace: str | Path, ablation: str, plan: MixPlan, real: Dataset, synthetic: Dataset | None,
-    cfg: AblationConfig, parent_run_id: str, data: NnunetData, generator: GeneratorRecord | None = None,
+    cfg: AblationConfig, parent_run_id: str, data: Mapping[str, Any], generator: GeneratorRecord | None = None,
 ) -> ConfigResult:
-    """Train nnU-Net on the configuration's fold, predict the real test split, score, log one MLflow child run.
+    """Fit the configuration's segmenter on its mix, predict the real test split, score, log one MLflow child run.
 
-    The training cases nnU-Net read are checked against the plan after training and their counts
-    logged. A failure is recorded (FAILED run, status 'failed') and returned, never raised: the
-    other configurations go on.
+    ``data`` is what the segmenter's ``prepare`` returned for the ablation. The training cases the
+    segmenter read are checked against the plan after training and their counts logged. A failure
+    is recorded (FAILED run, status 'failed') and returned, never raised: the other configurations go on.
     """
+    from components.backends import get_segmenter
     from components.metrics.segmentation import SegmentationEvalConfig, evaluate_pairs
     from components.segmentation.gpus import gpu_pool
-    from components.segmentation.nnunet import SCHEDULES, predict, resolve_device, train
     from components.tracking import PHANTOM_NOTE, finite_metrics, start_run
 
     ws = Path(workspace).resolve()
-    schedule = SCHEDULES[cfg.with_schedule().schedule]
-    fold = data.folds[plan.name]
+    segmenter = get_segmenter(plan.segmenter)
     params = {
-        "config": plan.name, "ratio": plan.ratio, "requested_synthetic": plan.requested_synthetic,
-        "seed": plan.seed, "synthetic_only": plan.synthetic_only, "real_fraction": cfg.real_fraction,
-        "real_subset_size": len(plan.real_pool), "subset_seed": cfg.subset_seed,
-        "high_quality": cfg.high_quality, "n_test": len(plan.test_ids), "schedule": cfg.with_schedule().schedule,
-        "nnunet_configuration": schedule.configuration, "nnunet_dataset_id": data.dataset_id, "nnunet_fold": fold,
-        "device": str(resolve_device(schedule.device)),
+        "config": plan.name, "segmenter": plan.segmenter, "ratio": plan.ratio,
+        "requested_synthetic": plan.requested_synthetic, "seed": plan.seed, "synthetic_only": plan.synthetic_only,
+        "real_fraction": cfg.real_fraction, "real_subset_size": len(plan.real_pool), "subset_seed": cfg.subset_seed,
+        "high_quality": cfg.high_quality, "n_test": len(plan.test_ids), **segmenter.params(plan, cfg, data),
         "real_dataset": real.name, "real_manifest_sha256": real.manifest_digest,
         "synthetic_dataset": synthetic.name if synthetic is not None else "",
         "synthetic_manifest_sha256": synthetic.manifest_digest if synthetic is not None else "",
         "generator_train_cases": len(generator.train_cases) if generator is not None else 0,
-        **seed_params(schedule),
     }
     for k in ("subset_of", "subset_fraction", "subset_seed"):
         if k in real.info:
@@ -500,23 +508,22 @@ def run_configuration(
             tests = held_out_cases(plan, real)
             if not plan.train_ids:
                 raise AblationError(f"configuration {plan.name}: no training case")
-            gpu = stack.enter_context(gpu_pool().claim()) if params["device"] == "cuda" else None
+            gpu = stack.enter_context(gpu_pool().claim()) if params.get("device") == "cuda" else None
             if gpu is not None:
                 run.log_params({"gpu": gpu})
                 result.params["gpu"] = gpu
-            trained = train(data.root, data.dataset_id, schedule, fold=fold, seed=plan.seed, gpu=gpu)
-            if trained.train_keys != plan.train_ids:
-                extra = sorted(set(trained.train_keys) - set(plan.train_ids))
-                lost = sorted(set(plan.train_ids) - set(trained.train_keys))
-                raise AblationError(f"configuration {plan.name}: nnU-Net fold {fold} trained on other cases than "
+            fitted = segmenter.fit(plan, cfg, data, gpu)
+            if fitted.train_keys != plan.train_ids:
+                extra = sorted(set(fitted.train_keys) - set(plan.train_ids))
+                lost = sorted(set(plan.train_ids) - set(fitted.train_keys))
+                raise AblationError(f"configuration {plan.name}: {fitted.label} trained on other cases than "
                                     f"planned (extra {extra[:5]}, missing {lost[:5]})")
-            used = set(trained.train_keys)
+            used = set(fitted.train_keys)
             counts = {"n_real": len(used & set(plan.real_ids)), "n_synthetic": len(used & set(plan.synthetic_ids))}
             run.log_params(counts)
             result.params.update(counts)
-            preds = predict(trained.model_dir, {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")]
-                                                for c in tests}, out_dir / "predictions", schedule, fold=fold,
-                            gpu=gpu)
+            preds = segmenter.predict(fitted, {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")]
+                                               for c in tests}, out_dir / "predictions", cfg, data, gpu)
             report = evaluate_pairs(
                 [(c.case_id, preds[c.case_id], c.files["seg"]) for c in tests],
                 SegmentationEvalConfig.from_preset(real.label_scheme.name, cfg.preset),
@@ -533,10 +540,9 @@ def run_configuration(
             run.log_artifact(per_case)
             if cfg.montage_cases:
                 montage = prediction_montage(tests[: cfg.montage_cases], preds, out_dir / "predictions.png",
-                                             plan.name)
+                                             plan.name, segmenter.label)
                 run.log_artifact(montage)
-            write_json_atomic(out_dir / "mix.json", {**plan.to_dict(), "nnunet_fold": fold,
-                                                     "nnunet_train_keys": list(trained.train_keys)})
+            write_json_atomic(out_dir / "mix.json", {**plan.to_dict(), **fitted.record})
             run.log_artifact(out_dir / "mix.json")
         result.status = "ok"
     except Exception as err:  # one failed configuration never stops the ablation
@@ -560,7 +566,8 @@ def segmentation_metric_means(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def prediction_montage(cases: list[ExportCase], preds: dict[str, Path], out: Path, title: str) -> Path:
+def prediction_montage(cases: list[ExportCase], preds: dict[str, Path], out: Path, title: str,
+                       segmenter: str = "nnU-Net") -> Path:
     """Ground truth and prediction over FLAIR for a few test cases."""
     import nibabel as nib
 
@@ -573,17 +580,46 @@ def prediction_montage(cases: list[ExportCase], preds: dict[str, Path], out: Pat
         gt = np.asanyarray(nib.load(str(c.files["seg"])).dataobj).astype(np.int16)
         pred = np.asanyarray(nib.load(str(preds[c.case_id])).dataobj).astype(np.int16)
         items.append({"case_id": f"{c.case_id} truth", "images": {"t2f": t2f}, "seg": gt, "affine": img.affine})
-        items.append({"case_id": f"{c.case_id} nnU-Net", "images": {"t2f": t2f}, "seg": pred, "affine": img.affine})
+        items.append({"case_id": f"{c.case_id} {segmenter}", "images": {"t2f": t2f}, "seg": pred, "affine": img.affine})
     return render_montage(items, out, title=f"{title}: truth vs prediction (FLAIR)")
 
 
-def per_case_table(results: list[ConfigResult]) -> pd.DataFrame:
-    """Every scored configuration's per-case scores, with its ratio, seed and variant."""
+def crossed_segmenters(results: list[ConfigResult]) -> bool:
+    """Whether the ablation crossed more than one segmenter (its tables then have a ``segmenter`` column)."""
+    return len({r.params.get("segmenter", DEFAULT_SEGMENTER) for r in results}) > 1
+
+
+def by_segmenter(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``table`` per segmenter, or ``[("", table)]`` when it has no ``segmenter`` column."""
+    if "segmenter" not in table:
+        return [("", table)]
+    return [(str(s), part.drop(columns="segmenter")) for s, part in table.groupby("segmenter", sort=False)]
+
+
+def segmenter_effects(per_case: pd.DataFrame, seed: int, n_resamples: int) -> pd.DataFrame:
+    """Paired effects against ratio 0, within each segmenter when several were crossed."""
+    from components.metrics.paired import paired_effects
+
     parts = []
+    for seg, part in by_segmenter(per_case):
+        effects = paired_effects(part, seed=seed, n_resamples=n_resamples)
+        if seg:
+            effects.insert(0, "segmenter", seg)
+        parts.append(effects)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def per_case_table(results: list[ConfigResult]) -> pd.DataFrame:
+    """Every scored configuration's per-case scores, with its ratio, seed and variant (and its
+    segmenter, when several were crossed)."""
+    parts = []
+    crossed = crossed_segmenters(results)
     for r in results:
         if r.status != "ok" or not r.per_case_csv:
             continue
         t = pd.read_csv(r.per_case_csv)
+        if crossed:
+            t.insert(0, "segmenter", r.params["segmenter"])
         t.insert(0, "config", r.name)
         t.insert(1, "ratio", float(r.params["ratio"]))
         t.insert(2, "seed", int(r.params["seed"]))
@@ -597,26 +633,31 @@ def summary_table(results: list[ConfigResult], effects: pd.DataFrame | None = No
     """One row per configuration; with ``effects``, each row also carries its ratio's seed-mean scores and
     paired differences to the real-only baseline (``delta_*`` with ``_ci_low``/``_ci_high``/``_p``)."""
     rows = []
+    keys = (("segmenter",) if crossed_segmenters(results) else ()) + ("ratio", "seed", "n_real", "n_synthetic",
+                                                                       "synthetic_only")
     for r in results:
-        rows.append({"config": r.name, "status": r.status, **{k: r.params.get(k) for k in
-                     ("ratio", "seed", "n_real", "n_synthetic", "synthetic_only")}, **r.metrics,
+        rows.append({"config": r.name, "status": r.status, **{k: r.params.get(k) for k in keys}, **r.metrics,
                      "seconds": round(r.seconds, 1), "error": r.error, "run_id": r.run_id})
     table = pd.DataFrame(rows)
     if effects is not None and not effects.empty and not table.empty:
+        on = [c for c in ("segmenter", "ratio", "synthetic_only") if c in effects]
         eff = effects.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds") if c in effects])
         eff = eff.rename(columns={c: f"{c}_seed_mean" for c in eff.columns
-                                  if not c.startswith("delta_") and c not in ("ratio", "synthetic_only")})
+                                  if not c.startswith("delta_") and c not in on})
         table["ratio"] = table["ratio"].astype(float)
         table["synthetic_only"] = table["synthetic_only"].astype(bool)
-        table = table.merge(eff, on=["ratio", "synthetic_only"], how="left")
+        table = table.merge(eff, on=on, how="left")
     return table
 
 
 def effect_metrics(effects: pd.DataFrame) -> dict[str, float]:
-    """The effect table as flat MLflow metrics: ``effect_r<ratio>[_synonly]_<column>``."""
+    """The effect table as flat MLflow metrics: ``effect_[<segmenter>_]r<ratio>[_synonly]_<column>`` (the
+    segmenter when several were crossed)."""
     out = {}
     for _, row in effects.iterrows():
         tag = f"r{row['ratio']:g}".replace(".", "p") + ("_synonly" if row["synthetic_only"] else "")
+        if "segmenter" in row:
+            tag = f"{row['segmenter']}_{tag}"
         for col, v in row.items():
             if col in ("ratio", "synthetic_only") or not isinstance(v, (int, float, np.floating, np.integer)):
                 continue
@@ -643,12 +684,12 @@ def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Pat
                if c.startswith("delta_dice_") and not c.endswith(("_ci_low", "_ci_high", "_p"))]
     n_seeds = int(effects["n_seeds"].max()) if len(effects) else 0
     n_cases = int(effects["n_cases"].max()) if len(effects) else 0
-    for syn_only, style in ((False, "-o"), (True, "--s")):
-        part = effects[effects["synthetic_only"] == syn_only].sort_values("ratio")
+    for (seg, eff), (syn_only, style) in itertools.product(by_segmenter(effects), ((False, "-o"), (True, "--s"))):
+        part = eff[eff["synthetic_only"] == syn_only].sort_values("ratio")
         if part.empty:
             continue
         for region in regions:
-            label = f"{region}{' (synthetic only)' if syn_only else ''}"
+            label = f"{seg + ' ' if seg else ''}{region}{' (synthetic only)' if syn_only else ''}"
             for axis, col in ((ax, f"dice_{region}"), (axd, f"delta_dice_{region}")):
                 y = part[col].to_numpy(dtype=float)
                 lo = np.nan_to_num(y - part[f"{col}_ci_low"].to_numpy(dtype=float), nan=0.0)

@@ -12,10 +12,12 @@ import pandas as pd
 from components.ablation import (
     AblationConfig,
     ConfigResult,
+    by_segmenter,
     dice_vs_ratio_plot,
     effect_metrics,
     per_case_table,
     seed_params,
+    segmenter_effects,
     summary_table,
 )
 from components.io import atomic_path
@@ -24,7 +26,8 @@ from data_catalog import Dataset, open_dataset
 
 def open_parent_run(workspace: str, ablation: str, config: AblationConfig, real: str, real_sha256: str,
                     synthetic: str | None, synthetic_sha256: str | None, plans: list[dict],
-                    synthesis_metrics: dict[str, float] | None = None) -> str:
+                    synthesis_metrics: dict[str, float] | None = None,
+                    segmenters: tuple[str, ...] = ("nnunet",)) -> str:
     """Open the ablation's MLflow parent run, with what describes the whole ablation: its grid, the
     data, the synthetic set's scores (logged once here, never copied onto every configuration) and a
     description. The run stays RUNNING while the configurations train: ``close_parent_run`` ends it."""
@@ -44,7 +47,8 @@ def open_parent_run(workspace: str, ablation: str, config: AblationConfig, real:
                         "synthetic_only": config.synthetic_only, "real_fraction": config.real_fraction,
                         "subset_seed": config.subset_seed, "high_quality": config.high_quality,
                         "schedule": config.with_schedule().schedule, "preset": config.preset,
-                        "n_configurations": len(plans), **seed_params(SCHEDULES[config.with_schedule().schedule])})
+                        "n_configurations": len(plans), "segmenters": list(segmenters),
+                        **seed_params(SCHEDULES[config.with_schedule().schedule])})
         if synthesis_metrics:
             run.log_metrics(finite_metrics(synthesis_metrics))
         run.set_note(parent_note(ablation, config, ds, syn, plans))
@@ -132,7 +136,7 @@ def effects_markdown(effects: pd.DataFrame, n_ok: int, n_failed: int, plot_run_i
     rows = ["| ratio | " + " | ".join(f"Dice {r} | ΔDice {r} [95 % CI], p" for r in regions) + " |",
             "|" + "---|" * (1 + 2 * len(regions))]
     for _, e in effects.iterrows():
-        cells = [f"{e['ratio']:g}" + (" synthetic only" if e["synthetic_only"] else "")]
+        cells = [_which(e, " synthetic only")]
         for region in regions:
             k = f"delta_dice_{region}"
             cells.append(_fmt(e[f"dice_{region}"], ".3f"))
@@ -147,11 +151,17 @@ def effects_markdown(effects: pd.DataFrame, n_ok: int, n_failed: int, plot_run_i
     return "\n".join([*head, *rows, *legend, *plot])
 
 
+def _which(e: pd.Series, synthetic_only: str = " (synthetic only)") -> str:
+    """A row of the effect table by name: its ratio, variant and (when several were crossed) segmenter."""
+    return (f"{e['segmenter']} " if "segmenter" in e else "") + f"{e['ratio']:g}" + (
+        synthetic_only if e["synthetic_only"] else "")
+
+
 def effects_answer(effects: pd.DataFrame, region: str) -> str:
     """One line that answers the question for ``region``: each ratio's paired Dice difference to ratio 0
     with its interval (what the UI shows of the description before 'Show more')."""
     k = f"delta_dice_{region}"
-    parts = [f"{e['ratio']:g}{' (synthetic only)' if e['synthetic_only'] else ''}: {_fmt(e[k], '+.3f')} "
+    parts = [f"{_which(e)}: {_fmt(e[k], '+.3f')} "
              f"[{_fmt(e[f'{k}_ci_low'], '+.3f')}, {_fmt(e[f'{k}_ci_high'], '+.3f')}]"
              for _, e in effects.iterrows() if e["ratio"] != 0 or e["synthetic_only"]]
     return f"**ΔDice {region} against real only, by ratio:** " + "; ".join(parts) if parts else ""
@@ -180,14 +190,14 @@ def summarize_ablation(workspace: str, ablation: str, config: AblationConfig, pa
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-    from components.metrics.paired import effect_lines, paired_effects
+    from components.metrics.paired import effect_lines
     from components.tracking import PHANTOM_NOTE, set_note, tracking_uri
 
     out = Path(workspace) / "ablations" / ablation
     out.mkdir(parents=True, exist_ok=True)
     configs = [ConfigResult(**r) for r in results]
     per_case = per_case_table(configs)
-    effects = paired_effects(per_case, seed=min(config.seeds), n_resamples=config.bootstrap_resamples)
+    effects = segmenter_effects(per_case, seed=min(config.seeds), n_resamples=config.bootstrap_resamples)
     table = summary_table(configs, effects)
     files = {"summary_csv": out / "summary.csv", "effect_csv": out / "effect.csv", "per_case_csv": out / "per_case.csv"}
     for key, frame in (("summary_csv", table), ("effect_csv", effects), ("per_case_csv", per_case)):
@@ -208,4 +218,6 @@ def summarize_ablation(workspace: str, ablation: str, config: AblationConfig, pa
     set_note(client, parent_run_id, with_effects(note, effects_markdown(effects, n_ok, len(configs) - n_ok,
                                                                         plot_run_id=parent_run_id, phantom=phantom)))
     return {**{k: str(v) for k, v in files.items()}, "plot": str(plot), "table": table.to_dict(orient="records"),
-            "effects": effects.to_dict(orient="records"), "effect_lines": effect_lines(effects)}
+            "effects": effects.to_dict(orient="records"),
+            "effect_lines": [line for seg, part in by_segmenter(effects)
+                             for line in ([f"segmenter {seg}:"] if seg else []) + effect_lines(part)]}

@@ -167,7 +167,8 @@ def nifti_claimed_and_held_bytes(path: str | os.PathLike) -> tuple[int, int, str
     hdr = img.header
     shape = tuple(int(v) for v in hdr.get_data_shape())
     dtype = np.dtype(hdr.get_data_dtype())
-    claimed = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    offset = int(getattr(img.dataobj, "offset", 0) or hdr.get_data_offset())  # nibabel zeroes the header's copy
+    claimed = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     size = path.stat().st_size
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
@@ -211,6 +212,11 @@ def nifti_from_bytes(data: bytes, name: str = "") -> nib.Nifti1Image:
     return klass.from_file_map({"header": fh, "image": fh})
 
 
+def nifti_suffix(path: str | os.PathLike) -> str:
+    """``.nii.gz`` or ``.nii``: nibabel compresses by the name it writes to, so a temp name keeps the suffix."""
+    return ".nii.gz" if str(path).endswith(".gz") else ".nii"
+
+
 def save_nifti(
     dest: str | os.PathLike,
     array: np.ndarray,
@@ -229,7 +235,7 @@ def save_nifti(
     img.set_qform(affine, code=1)
     # Intensities are stored as they are: no scaling slope from a source header.
     img.header.set_slope_inter(1.0, 0.0)
-    with atomic_path(dest, suffix=".nii.gz") as tmp:
+    with atomic_path(dest, suffix=nifti_suffix(dest)) as tmp:
         nib.save(img, tmp)
 
 
@@ -251,5 +257,5 @@ def save_like(dest: str | os.PathLike, array: np.ndarray, ref: nib.Nifti1Image, 
     img.header.set_slope_inter(1.0, 0.0)
     if len(arr.shape) == 3:
         img.header.set_dim_info(None, None, None)
-    with atomic_path(dest, suffix=".nii.gz") as tmp:
+    with atomic_path(dest, suffix=nifti_suffix(dest)) as tmp:
         nib.save(img, tmp)

@@ -8,27 +8,28 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from components.ablation import AblationConfig, MixPlan, check_no_leak, generator_record, plan_mixes
 from components.ablation_report import close_parent_run
+from components.backends import DEFAULT_SEGMENTER, SegmenterNames
 from components.tracking import resume_run
 from data_catalog import Dataset, open_dataset
+from flows.params import StageParams
 from tasks.ablation import (
     configuration_task,
     export_task,
     parent_run_task,
-    prepare_nnunet_task,
+    prepare_segmenter_task,
     summary_task,
 )
 
 
-class ExportParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    workspace: str = "workspace"
+class ExportParams(StageParams):
     dataset: str = Field(description="the dataset to export; with `mix`, the real dataset of the ablation")
     format: Literal["brats", "nnunet"] = Field(description="brats or nnunet (a mix is always nnunet)")
-    out: str
+    out: str = Field(description="brats: the release folder to write; nnunet: the nnUNet_raw folder that receives "
+                     "Dataset<id>_<name>; a mix: a new folder (or an earlier mix export), replaced whole")
     synthetic: str | None = Field(None, description="with `mix`: the synthetic dataset of the ablation")
     mix: AblationConfig | None = Field(None, description="export the ablation's mixes for this config "
                                        "(components.export.export_mixes) instead of one dataset")
@@ -39,7 +40,7 @@ def check_export(params: ExportParams) -> tuple[Dataset, Dataset | None]:
     data and passes the ablation's leak checks (one sentence otherwise)."""
     from components.export import ExportError, check_mix_out, plan_export_mixes
 
-    ws = str(Path(params.workspace).resolve())
+    ws = params.root
     ds = open_dataset(ws, params.dataset)
     if params.mix is None:
         if params.synthetic:
@@ -55,13 +56,14 @@ def check_export(params: ExportParams) -> tuple[Dataset, Dataset | None]:
     return ds, syn
 
 
-class AblationParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    workspace: str = "workspace"
-    name: str = "ablation"
-    real: str
-    synthetic: str | None = None
+class AblationParams(StageParams):
+    name: str = Field("ablation", description="ablation name (MLflow parent run, output folder)")
+    real: str = Field(description="real (or phantom) dataset: its fixed test split is the only test set")
+    synthetic: str | None = Field(None, description="synthetic dataset (needed for ratios above 0)")
     config: AblationConfig = AblationConfig()
+    segmenters: SegmenterNames = Field(
+        (DEFAULT_SEGMENTER,), min_length=1, description="segmenter backends (components.backends) crossed with every "
+        "mix; with more than one, each configuration is named <segmenter>-<mix>")
     synthesis_metrics: dict[str, float] = Field(
         default_factory=dict, description="scores of the synthetic set (FID, KID, ... with their real-vs-real "
         "floors), logged once on the parent run")
@@ -69,7 +71,7 @@ class AblationParams(BaseModel):
 
 @flow(name="export")
 def export_flow(params: ExportParams) -> str:
-    ws = str(Path(params.workspace).resolve())
+    ws = params.root
     if params.mix is not None:
         from components.export import export_mixes
 
@@ -91,10 +93,10 @@ def check_ablation(params: AblationParams) -> tuple[Dataset, Dataset | None, lis
     """Everything that can be checked before anything trains: the datasets exist, the grid fits the
     data, and no configuration's cases or generator touch the test split (AblationError otherwise).
     Plain Python, so the command line runs it before Prefect starts."""
-    ws = str(Path(params.workspace).resolve())
+    ws = params.root
     real = open_dataset(ws, params.real)
     syn = open_dataset(ws, params.synthetic) if params.synthetic else None
-    mixes = plan_mixes(real, syn, params.config)
+    mixes = plan_mixes(real, syn, params.config, params.segmenters)
     generator = generator_record(ws, syn) if syn is not None else None
     for m in mixes:
         check_no_leak(m, real, syn, generator)
@@ -109,7 +111,7 @@ def ablation_flow(params: AblationParams) -> dict:
     # The schedule this machine runs (nnU-Net's full one on a GPU unless asked otherwise) is fixed
     # here, so every configuration, cache key and MLflow run records the same one.
     params = params.model_copy(update={"config": params.config.with_schedule()})
-    ws = str(Path(params.workspace).resolve())
+    ws = params.root
     real, syn, mixes = check_ablation(params)
     plans = [p.to_dict() for p in mixes]
     logger.info("ablation %s: %d configurations (%s) on %d real training cases, %d test cases", params.name,
@@ -120,10 +122,11 @@ def ablation_flow(params: AblationParams) -> dict:
     # The parent run spans the ablation: open (RUNNING) from before the first configuration until
     # after the summary, FAILED if a configuration failed. A re-run continues the cached parent run
     # and opens a new one only if the store lost it.
-    parent = parent_run_task(plans=plans, synthesis_metrics=params.synthesis_metrics, **common)
+    parent = parent_run_task(plans=plans, synthesis_metrics=params.synthesis_metrics, segmenters=params.segmenters,
+                             **common)
     if not resume_run(ws, parent):
         parent = parent_run_task.with_options(refresh_cache=True)(
-            plans=plans, synthesis_metrics=params.synthesis_metrics, **common)
+            plans=plans, synthesis_metrics=params.synthesis_metrics, segmenters=params.segmenters, **common)
     try:
         summary = _run_configurations(params, ws, plans, common, parent, real.info.get("kind") == "phantom")
     except BaseException:
@@ -143,12 +146,14 @@ def _run_configurations(params: AblationParams, ws: str, plans: list[dict], comm
                         phantom: bool) -> dict:
     """Every configuration (failures recorded, never raised), then the summary on the parent run."""
     logger = get_run_logger()
-    data = prepare_nnunet_task(workspace=ws, ablation=params.name, plans=plans, real=common["real"],
-                               synthetic=common["synthetic"], config=params.config)
+    data = {s: prepare_segmenter_task(workspace=ws, segmenter=s, ablation=params.name,
+                                      plans=[p for p in plans if p["segmenter"] == s], real=common["real"],
+                                      synthetic=common["synthetic"], config=params.config)
+            for s in params.segmenters}
     # A cached configuration whose per-case scores were deleted runs again (the summary reads them).
     futures = [configuration_task.with_options(
         refresh_cache=not (Path(ws) / "ablations" / params.name / p["name"] / "per_case.csv").is_file()).submit(
-        plan=p, parent_run_id=parent, data=data, **common) for p in plans]
+        plan=p, parent_run_id=parent, data=data[p["segmenter"]], **common) for p in plans]
     results = []
     for plan, fut in zip(plans, futures, strict=True):
         fut.wait()
@@ -158,7 +163,8 @@ def _run_configurations(params: AblationParams, ws: str, plans: list[dict], comm
             err = str(fut.state.message or "failed")
             logger.warning("configuration %s failed: %s", plan["name"], err)
             results.append({"name": plan["name"], "status": "failed", "params": {
-                "ratio": plan["ratio"], "seed": plan["seed"], "n_real": len(plan["real_ids"]),
+                "segmenter": plan["segmenter"], "ratio": plan["ratio"], "seed": plan["seed"],
+                "n_real": len(plan["real_ids"]),
                 "n_synthetic": len(plan["synthetic_ids"]), "synthetic_only": plan["synthetic_only"]},
                 "error": err})
     summary = summary_task(workspace=ws, ablation=params.name, config=params.config, parent_run_id=parent,

@@ -43,21 +43,16 @@ def check_inputs(a: argparse.Namespace) -> None:
         value = getattr(a, name, None)
         if value is not None and not Path(value).is_dir() and not (ws / "datasets" / value / "dataset.json").is_file():
             raise InputError(f"{a.verb} {flag(name)} {value}: neither a folder nor a dataset of workspace {ws}")
-    for name in getattr(a, "reads_datasets", ()):
-        value = getattr(a, name, None)
-        if value is not None:
-            try:
-                open_dataset(ws, value)
-            except CatalogError as err:
-                raise InputError(f"{a.verb} {flag(name)} {value}: {err}") from None
-    for name in getattr(a, "reads_models", ()):
-        value = getattr(a, name, None)
-        if value is not None:
-            from components.synthesis.store import require_trained
+    from components.synthesis.store import require_trained
 
+    checks = [(name, lambda v: open_dataset(ws, v)) for name in getattr(a, "reads_datasets", ())]
+    checks += [(name, lambda v: require_trained(ws, v)) for name in getattr(a, "reads_models", ())]
+    for name, check in checks:
+        value = getattr(a, name, None)
+        if value is not None:
             try:
-                require_trained(ws, value)
-            except InputError as err:
+                check(value)
+            except (CatalogError, InputError) as err:
                 raise InputError(f"{a.verb} {flag(name)} {value}: {err}") from None
 
 

@@ -7,28 +7,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from components.brats import IngestConfig, source_fingerprint
 from components.foreign import ForeignIngestConfig, ingest_synthetic
 from components.phantom import PhantomConfig
 from data_catalog import dataset_dir, open_dataset
+from flows.params import StageParams
 from tasks.common import run_cached
 from tasks.datasets import ingest_task, montage_task, phantom_task
 
 
-class PhantomParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    workspace: str = "workspace"
-    name: str = "phantom"
+class PhantomParams(StageParams):
+    name: str = Field("phantom", description="dataset name in the workspace catalog")
     config: PhantomConfig = PhantomConfig()
 
 
-class IngestParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    source: str
-    name: str
-    workspace: str = "workspace"
+class IngestParams(StageParams):
+    source: str = Field(description="folder holding the release (a Task folder, a release folder or any parent)")
+    name: str = Field(description="dataset name in the workspace catalog")
     config: IngestConfig = IngestConfig()
 
 
@@ -41,8 +38,7 @@ def _with_montage(workspace: str, name: str) -> str | None:
 
 @flow(name="phantom")
 def phantom_flow(params: PhantomParams) -> dict:
-    logger = get_run_logger()
-    ws = str(Path(params.workspace).resolve())
+    logger, ws = get_run_logger(), params.root
     out = dataset_dir(ws, params.name)
     summary = run_cached(phantom_task, [out / "dataset.json"], workspace=ws, name=params.name, config=params.config)
     summary["montage"] = _with_montage(ws, params.name)
@@ -52,8 +48,7 @@ def phantom_flow(params: PhantomParams) -> dict:
 
 @flow(name="ingest")
 def ingest_flow(params: IngestParams) -> dict:
-    logger = get_run_logger()
-    ws = str(Path(params.workspace).resolve())
+    logger, ws = get_run_logger(), params.root
     source = str(Path(params.source).resolve())
     out = dataset_dir(ws, params.name)
     digest = source_fingerprint(source)
@@ -66,14 +61,13 @@ def ingest_flow(params: IngestParams) -> dict:
     return summary
 
 
-class IngestSyntheticParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    source: str
-    name: str
-    real: str
-    links: str
-    generator_train_cases: str = Field(description="a file of real case ids the generator learnt from, or 'unknown'")
-    workspace: str = "workspace"
+class IngestSyntheticParams(StageParams):
+    source: str = Field(description="folder of the synthetic cases (BraTS 2021/2023 naming or MSD Task01)")
+    name: str = Field(description="name of the synthetic dataset in the workspace catalog")
+    real: str = Field(description="the real dataset the cases derive from (its test split is held out)")
+    links: str = Field(description="CSV with columns case_id,source_case (optional: mask_case, quality_score)")
+    generator_train_cases: str = Field(description="what the generator learnt from: a text file of case ids of REAL, "
+                                       "one a line, or the word `unknown` (the ablation then refuses the set)")
     config: ForeignIngestConfig = ForeignIngestConfig()
 
 
@@ -81,8 +75,7 @@ class IngestSyntheticParams(BaseModel):
 def ingest_synthetic_flow(params: IngestSyntheticParams) -> dict:
     """A synthetic set made by another tool, validated like a release and linked to its real cases.
     Cases whose files are unchanged since the last run are reused (components.brats.ingest_case)."""
-    logger = get_run_logger()
-    ws = str(Path(params.workspace).resolve())
+    logger, ws = get_run_logger(), params.root
     s = ingest_synthetic(str(Path(params.source).resolve()), ws, params.name, params.real,
                          str(Path(params.links).resolve()), params.generator_train_cases, params.config)
     summary = {**asdict(s), "line": s.line()}

@@ -104,7 +104,7 @@ def add_flags(p: argparse.ArgumentParser, spec: Flags) -> None:
             kwargs["choices"] = list(choices)
             kwargs["type"] = type(choices[0])
         elif base in (int, float, str):
-            kwargs["type"] = base
+            kwargs.update(type=base, metavar=name.upper())
         else:
             raise TypeError(f"{spec.model.__name__}.{name}: no flag for annotation {tp!r}; skip it or rename it")
         if name in spec.required or (info.is_required() and name not in spec.defaults):
@@ -118,7 +118,7 @@ def collect(a: argparse.Namespace, specs: Iterable[Flags]) -> dict[Group, dict[s
     out: dict[Group, dict[str, Any]] = {}
     for spec in specs:
         values = out.setdefault(spec.group, {})
-        for name, info in spec.model.model_fields.items():
+        for name in spec.model.model_fields:
             dest = f"{spec.group}.{name}" if spec.group else name
             if not hasattr(a, dest):
                 continue

@@ -1,40 +1,40 @@
-"""Flow of the mask augmentation stage: head labels, augmented masks, checks, features, figures."""
+"""Flow of the mask stage: a masks dataset from a labelled one (``augment``: head labels, augmented
+masks, checks, features), then its figures. The mask source is a name in ``components.backends``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
-from components.masks import SOURCE_FEATURES, MaskAugmentConfig
-from data_catalog import dataset_dir, open_dataset
+from components.backends import DEFAULT_MASK_SOURCE, MaskSourceName, get_mask_source
+from components.masks import MaskAugmentConfig
+from data_catalog import open_dataset
+from flows.params import StageParams
 from tasks.common import run_cached
 from tasks.masks import augment_masks_task, mask_figures_task
 
 
-class AugmentMasksParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    source: str
-    name: str
-    workspace: str = "workspace"
+class AugmentMasksParams(StageParams):
+    source: str = Field(description="dataset holding the real masks (an ingested release or a phantom)")
+    name: str = Field(description="name of the masks dataset to write")
+    backend: MaskSourceName = Field(DEFAULT_MASK_SOURCE, description="mask source backend (components.backends "
+                                    "registry; augment: seeded, checked augmentations of the source's own masks)")
     config: MaskAugmentConfig = MaskAugmentConfig()
 
 
 @flow(name="augment-masks")
 def augment_masks_flow(params: AugmentMasksParams) -> dict:
-    logger = get_run_logger()
-    ws = str(Path(params.workspace).resolve())
+    logger, ws = get_run_logger(), params.root
+    masks = get_mask_source(params.backend)
     src = open_dataset(ws, params.source)
-    out = dataset_dir(ws, params.name)
     summary = run_cached(
-        augment_masks_task, [out / "dataset.json", out / SOURCE_FEATURES], workspace=ws, source=params.source,
-        source_manifest_sha256=src.manifest_digest, name=params.name, config=params.config,
+        augment_masks_task, masks.outputs(ws, params.name), workspace=ws, backend=params.backend,
+        source=params.source, source_manifest_sha256=src.manifest_digest, name=params.name, config=params.config,
     )
     ds = open_dataset(ws, params.name)
     figures = run_cached(
-        mask_figures_task, [ds.root / "features.png", ds.root / "montage.png"], workspace=ws, name=params.name,
-        manifest_sha256=ds.manifest_digest, n_cases=params.config.montage_cases,
+        mask_figures_task, masks.figure_files(ws, params.name), workspace=ws, backend=params.backend,
+        name=params.name, manifest_sha256=ds.manifest_digest, n_cases=params.config.montage_cases,
     )
     summary.update(figures)
     logger.info(summary["line"])

@@ -5,38 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
 from components.metrics import code_digest
 from components.metrics.segmentation import SegmentationEvalConfig, inputs_digest
 from components.metrics.synthesis import SynthesisEvalConfig
 from data_catalog import open_dataset
+from flows.params import StageParams
 from tasks.common import run_cached
 from tasks.metrics import evaluate_segmentation_task, evaluate_synthesis_task, synthesis_outputs
 
 
-class SegmentationEvalParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    gt: str  # a folder of seg files or a dataset name in the workspace
-    pred: str
-    out: str
-    workspace: str = "workspace"
+class SegmentationEvalParams(StageParams):
+    gt: str = Field(description="ground truth: a folder of seg files (searched recursively) or a dataset name in the "
+                    "workspace catalog (its ok cases with a seg)")
+    pred: str = Field(description="folder of predicted segmentations")
+    out: str = Field(description="per-case CSV to write (a .json goes beside it)")
     config: SegmentationEvalConfig
 
 
-class SynthesisEvalParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    real: str
-    synthetic: str
-    out: str | None = None  # default: <workspace>/metrics/synthesis_<synthetic>_vs_<real>.json
-    workspace: str = "workspace"
+class SynthesisEvalParams(StageParams):
+    real: str = Field(description="real (or phantom) dataset name in the workspace catalog")
+    synthetic: str = Field(description="synthetic dataset name in the workspace catalog")
+    out: str | None = Field(None, description="report path (default: <workspace>/metrics/synthesis_<synthetic>_vs_"
+                            "<real>.json, with a .csv beside it)")
     config: SynthesisEvalConfig = SynthesisEvalConfig()
 
 
 @flow(name="evaluate-segmentation")
 def evaluate_segmentation_flow(params: SegmentationEvalParams) -> dict:
-    logger = get_run_logger()
-    ws = str(Path(params.workspace).resolve())
+    logger, ws = get_run_logger(), params.root
     gt = str(Path(params.gt).resolve()) if Path(params.gt).is_dir() else params.gt
     pred = str(Path(params.pred).resolve())
     out = str(Path(params.out).resolve())
@@ -55,8 +53,7 @@ def default_synthesis_out(workspace: str, real: str, synthetic: str) -> str:
 
 @flow(name="evaluate-synthesis")
 def evaluate_synthesis_flow(params: SynthesisEvalParams) -> dict:
-    logger = get_run_logger()
-    ws = str(Path(params.workspace).resolve())
+    logger, ws = get_run_logger(), params.root
     out = str(Path(params.out or default_synthesis_out(ws, params.real, params.synthetic)).resolve())
     real_digest = open_dataset(ws, params.real).manifest_digest
     synth_digest = open_dataset(ws, params.synthetic).manifest_digest

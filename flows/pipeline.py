@@ -62,13 +62,13 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
             logger.info("data-scarce arm %s: %s keeps %.0f %% of the real training cases, with its own masks, "
                         "generator and synthetic set", sfx, real_name, 100 * fraction)
         masks = augment_masks_flow(AugmentMasksParams(source=real_name, name=cfg.masks.name + sfx, workspace=ws,
-                                                      config=cfg.masks.config))
+                                                      backend=cfg.masks.source, config=cfg.masks.config))
         model = train_synthesizer_flow(TrainSynthesizerParams(
-            workspace=ws, dataset=real_name, name=cfg.synthesizer.name + sfx, profile=cfg.synthesizer.profile,
-            steps=cfg.synthesizer.steps, resume="auto"))
+            workspace=ws, dataset=real_name, name=cfg.synthesizer.name + sfx, backend=cfg.synthesizer.backend,
+            profile=cfg.synthesizer.profile, steps=cfg.synthesizer.steps, resume="auto"))
         synthetic = synthesize_flow(SynthesizeParams(workspace=ws, model=cfg.synthesizer.name + sfx,
                                                      masks=cfg.masks.name + sfx, name=cfg.synthesis.name + sfx,
-                                                     config=cfg.synthesis.config))
+                                                     backend=cfg.synthesizer.backend, config=cfg.synthesis.config))
         scores = evaluate_synthesis_flow(SynthesisEvalParams(real=real_name, synthetic=cfg.synthesis.name + sfx,
                                                              workspace=ws, config=cfg.evaluation.config))
         if fraction == max(cfg.ablation.real_fractions):  # the arm with the most real data is the one shared
@@ -84,7 +84,8 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
             first = {"masks": masks, "synthetic": synthetic, "scores": scores, "model": model, "exports": exports}
         ablation = ablation_flow.with_options(task_runner=make_task_runner(cfg.runner))(AblationParams(
             workspace=ws, name=cfg.ablation.name + sfx, real=real_name, synthetic=cfg.synthesis.name + sfx,
-            config=cfg.ablation.config, synthesis_metrics=_synthesis_metrics(scores["csv"])))
+            config=cfg.ablation.config, segmenters=cfg.ablation.segmenters,
+            synthesis_metrics=_synthesis_metrics(scores["csv"])))
         arms.append({"fraction": fraction, "real": real_name, "ablation": cfg.ablation.name + sfx,
                      "synthesis_scores": scores["csv"], "summary_csv": ablation["summary_csv"],
                      "effect_csv": ablation["effect_csv"], "effect_lines": ablation["effect_lines"],

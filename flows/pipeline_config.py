@@ -10,9 +10,18 @@ import math
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components.ablation import AblationConfig
+from components.backends import (
+    DEFAULT_MASK_SOURCE,
+    DEFAULT_SEGMENTER,
+    DEFAULT_SYNTHESIZER,
+    MaskSourceName,
+    SegmenterNames,
+    SynthesizerName,
+    get_synthesizer,
+)
 from components.brats import IngestConfig
 from components.errors import InputError
 from components.masks import MaskAugmentConfig
@@ -42,22 +51,23 @@ class DataStage(BaseModel):
 class MasksStage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "masks"
+    source: MaskSourceName = Field(DEFAULT_MASK_SOURCE, description="mask source backend (components.backends)")
     config: MaskAugmentConfig = MaskAugmentConfig(splits=("train",))
 
 
 class SynthesizerStage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "synthesizer"
-    profile: str = Field("cpu-demo", description="a profile in configs/synthesizer/ (by name) or a YAML file path")
+    backend: SynthesizerName = Field(DEFAULT_SYNTHESIZER, description="synthesizer backend (components.backends)")
+    profile: str = Field("cpu-demo", validate_default=True, description="a profile of the backend (ddpm: "
+                         "configs/synthesizer/<name>.yaml) or a YAML file path")
     steps: int | None = Field(None, ge=1)
 
     @field_validator("profile")
     @classmethod
-    def _known_profile(cls, v: str) -> str:
-        from components.synthesis.config import list_profiles
-
-        if v not in list_profiles() and not (v.endswith((".yaml", ".yml")) and Path(v).is_file()):
-            raise ValueError(f"unknown synthesizer profile {v!r}: expected one of {list_profiles()} or a YAML file")
+    def _known_profile(cls, v: str, info: ValidationInfo) -> str:
+        if "backend" in info.data:  # an unknown backend is reported on its own key
+            get_synthesizer(info.data["backend"]).check_profile(v)
         return v
 
 
@@ -76,6 +86,9 @@ class AblationStage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "ablation"
     config: AblationConfig = AblationConfig()
+    segmenters: SegmenterNames = Field(
+        (DEFAULT_SEGMENTER,), min_length=1, description="segmenter backends (components.backends) crossed with every "
+        "mix; with one, configurations are named after their mix alone (r1-s0)")
     real_fractions: tuple[float, ...] = Field(
         (1.0,), min_length=1, description="one arm per fraction of the real training cases; an arm below 1 (the "
         "data-scarce case) gets its own real subset, masks, generator, synthetic set and ablation, so no generator "

@@ -1,5 +1,5 @@
 """Tasks for export and the ratio ablation: each calls one function of components.export,
-components.ablation or components.ablation_report."""
+components.ablation, components.ablation_report or the configuration's segmenter (components.backends)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from dataclasses import asdict
 
 from prefect import task
 
-from components.ablation import (
-    AblationConfig,
-    MixPlan,
-    NnunetData,
-    generator_record,
-    make_real_subset,
-    prepare_nnunet,
-    run_configuration,
-)
+from components.ablation import AblationConfig, MixPlan, generator_record, make_real_subset, run_configuration
 from components.ablation_report import open_parent_run, summarize_ablation
 from components.export import export_brats, export_dataset_nnunet
 from data_catalog import open_dataset
@@ -41,21 +33,21 @@ def real_subset_task(workspace: str, real: str, real_sha256: str, fraction: floa
     return ds.manifest_digest
 
 
-@task(name="ablation-nnunet-data", **IO_RETRIES)
-def prepare_nnunet_task(workspace: str, ablation: str, plans: list[dict], real: str, synthetic: str | None,
-                        config: AblationConfig) -> dict:
-    """Plan and preprocess the real cases once, add the synthetic ones, one fold per configuration.
+@task(name="ablation-segmenter-data", task_run_name="prepare-{segmenter}", **IO_RETRIES)
+def prepare_segmenter_task(workspace: str, segmenter: str, ablation: str, plans: list[dict], real: str,
+                           synthetic: str | None, config: AblationConfig) -> dict:
+    """What the segmenter's configurations share (nnU-Net: the real cases planned and preprocessed
+    once, the synthetic ones added, one fold per configuration).
 
-    Not cached by Prefect: it checks its own stamps (plans of the same real cases are reused) and
-    so also notices a deleted nnU-Net folder.
+    Not cached by Prefect: a segmenter checks its own stamps (nnU-Net reuses plans of the same real
+    cases) and so also notices a deleted working folder.
     """
-    from components.segmentation.nnunet import SCHEDULES
+    from components.backends import get_segmenter
 
     real_ds = open_dataset(workspace, real)
     syn_ds = open_dataset(workspace, synthetic) if synthetic else None
-    data = prepare_nnunet(workspace, ablation, [MixPlan.from_dict(p) for p in plans], real_ds, syn_ds,
-                          SCHEDULES[config.with_schedule().schedule])
-    return asdict(data)
+    return get_segmenter(segmenter).prepare(workspace, ablation, [MixPlan.from_dict(p) for p in plans], real_ds,
+                                            syn_ds, config)
 
 
 @task(name="ablation-configuration", cache_policy=CACHE, persist_result=True, task_run_name="config-{plan[name]}")
@@ -66,7 +58,7 @@ def configuration_task(workspace: str, ablation: str, plan: dict, real: str, rea
     syn_ds = open_dataset(workspace, synthetic) if synthetic else None
     generator = generator_record(workspace, syn_ds) if syn_ds is not None else None
     res = run_configuration(workspace, ablation, MixPlan.from_dict(plan), real_ds, syn_ds, config, parent_run_id,
-                            NnunetData(**data), generator)
+                            data, generator)
     if res.status != "ok":
         raise ConfigurationFailed(f"{res.name}: {res.error}")
     return asdict(res)
@@ -75,10 +67,11 @@ def configuration_task(workspace: str, ablation: str, plan: dict, real: str, rea
 @task(name="ablation-parent-run", cache_policy=CACHE, persist_result=True)
 def parent_run_task(workspace: str, ablation: str, config: AblationConfig, real: str, real_sha256: str,
                     synthetic: str | None, synthetic_sha256: str | None, plans: list[dict],
-                    synthesis_metrics: dict[str, float] | None = None) -> str:
+                    synthesis_metrics: dict[str, float] | None = None,
+                    segmenters: tuple[str, ...] = ("nnunet",)) -> str:
     """The ablation's MLflow parent run, left RUNNING (components.ablation_report.open_parent_run)."""
     return open_parent_run(workspace, ablation, config, real, real_sha256, synthetic, synthetic_sha256, plans,
-                           synthesis_metrics)
+                           synthesis_metrics, segmenters)
 
 
 @task(name="ablation-summary", cache_policy=CACHE, persist_result=True, **IO_RETRIES)

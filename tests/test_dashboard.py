@@ -19,6 +19,7 @@ import pytest
 
 from components.ablation import AblationConfig, ConfigResult, plan_mixes, segmentation_metric_means
 from components.ablation_report import close_parent_run, parent_note
+from components.dashboard import chromium, dashboard_hint, find_chromium, mlflow_server, screenshots
 from components.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING,
@@ -28,7 +29,6 @@ from components.tracking import (
     resume_run,
     start_run,
 )
-from flows.cli_dashboard import chromium, dashboard_hint, find_chromium, mlflow_server, screenshots
 from tasks.ablation import parent_run_task, summary_task
 from tests import builders as b
 

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from data_catalog import open_dataset
@@ -161,6 +162,7 @@ def test_readme_deployment_commands_after_make_serve(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_without_a_server_a_cli_run_uses_a_temporary_one_on_the_same_home(tmp_path):
     ws = tmp_path / "ws"
     home = prefect_home(ws)

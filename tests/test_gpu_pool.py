@@ -51,6 +51,23 @@ def test_another_process_holding_a_gpu_is_respected(tmp_path):
     other.wait(timeout=30)
 
 
+def test_two_batch_jobs_on_one_node_each_use_their_own_gpu_0(tmp_path, monkeypatch):
+    """SLURM numbers each job's GPUs from 0: job 11's GPU 0 and job 12's GPU 0 are different cards."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom components.segmentation.gpus import GpuPool\n"
+            "with GpuPool(['0'], lock_dir=sys.argv[1]).claim() as g:\n    print(g, flush=True)\n    time.sleep(3)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env={**__import__("os").environ, "SLURM_JOB_ID": "11"})
+    assert other.stdout.readline().strip() == "0"  # job 11 holds its GPU 0
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    t0 = time.monotonic()
+    with GpuPool(["0"], lock_dir=tmp_path, poll_s=0.01).claim() as gpu:
+        assert gpu == "0" and time.monotonic() - t0 < 2  # job 12 does not wait for job 11's card
+    other.wait(timeout=30)
+
+
 def test_without_a_gpu_a_claim_is_none_at_once():
     with GpuPool([]).claim() as gpu:
         assert gpu is None

@@ -91,7 +91,8 @@ def _assert_cases_complete(ws: Path) -> None:
             assert np.isfinite(np.asanyarray(nib.load(f).dataobj)).all(), f
 
 
-@pytest.mark.parametrize("to_group", [True, False], ids=["process-group", "main-process"])
+@pytest.mark.parametrize("to_group", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["process-group", "main-process"])
 def test_sigterm_ends_a_run_within_seconds_with_one_line(tmp_path, to_group):
     rc, took, out, ws, left = _signal_a_running_phantom(tmp_path, signal.SIGTERM, to_group)
     assert rc is not None and took < EXIT_WITHIN_S, f"still running {took:.1f} s after SIGTERM:\n{out[-3000:]}"
@@ -102,6 +103,7 @@ def test_sigterm_ends_a_run_within_seconds_with_one_line(tmp_path, to_group):
     _assert_cases_complete(ws)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_run_within_seconds(tmp_path):
     rc, took, out, ws, left = _signal_a_running_phantom(tmp_path, signal.SIGINT, to_group=True)
     assert rc is not None and took < EXIT_WITHIN_S, f"still running {took:.1f} s after Ctrl-C:\n{out[-3000:]}"

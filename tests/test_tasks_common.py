@@ -33,3 +33,33 @@ def test_only_io_errors_are_retried(error, fail_times, expected_calls):
         with pytest.raises(error, match="attempt 1 failed"):
             f()
     assert len(calls) == expected_calls
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_change_to_the_components_code_is_never_a_cache_hit(tmp_path, monkeypatch):
+    import tasks.common as common
+
+    for pkg in common.CODE_PACKAGES:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "stage.py").write_text("SCALE = 1\n")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    common.code_digest.cache_clear()
+    calls = []
+
+    @task(cache_policy=common.CACHE, persist_result=True)
+    def stage(x: int) -> int:
+        calls.append(x)
+        return x
+
+    @flow
+    def f() -> int:
+        return stage(7)
+
+    f()
+    f()
+    assert len(calls) == 1  # same code, same inputs: a cache hit
+    (tmp_path / "components" / "stage.py").write_text("SCALE = 2\n")  # the stage's code changes
+    common.code_digest.cache_clear()
+    f()
+    assert len(calls) == 2
+    common.code_digest.cache_clear()

@@ -44,7 +44,7 @@ class GpuPool:
             return
         while True:
             for gpu in self.ids:
-                fh = open(self.lock_dir / f"gliosynth-gpu-{gpu}.lock", "a")  # noqa: SIM115 - held for the block
+                fh = open(self.lock_dir / f"gliosynth-gpu-{allocation()}{gpu}.lock", "a")  # noqa: SIM115 - held for the block
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
@@ -57,6 +57,13 @@ class GpuPool:
                     fh.close()
                 return
             time.sleep(self.poll_s)
+
+
+def allocation() -> str:
+    """The scheduler allocation this process runs in ("" outside one): a batch scheduler numbers each job's
+    GPUs from 0, so two jobs on one node both say GPU 0 of different cards, and their locks must differ."""
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("LSB_JOBID") or ""
+    return f"{job}-" if job else ""
 
 
 def visible_gpu_ids() -> list[str]:

@@ -144,7 +144,7 @@ class SampleConfig(FrozenModel):
     unset (None) from here, so a model samples the way its profile was validated.
 
     The default is DDIM with eta 1: on the demo model it matched the 1000-step DDPM reference on every
-    score at ~18x the speed, while eta 0 was noisier (README, ``bench/sampling_quality.py``)."""
+    score at ~18x the speed, while eta 0 was noisier (docs/benchmarks.md, ``bench/sampling_quality.py``)."""
 
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(50, ge=1, description="DDIM steps (the DDPM reference always runs all T)")

@@ -173,8 +173,10 @@ def train_synthesizer(
     steps: int | None = None,
     track: bool = True,
     progress: bool | None = None,
+    run_params: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train (or resume) model ``name`` on the train split of ``dataset``; log to MLflow if ``track``."""
+    """Train (or resume) model ``name`` on the train split of ``dataset``; log to MLflow if ``track``
+    (``run_params``, e.g. the backend's name, are logged on the run besides the config)."""
     cfg = config.with_steps(steps)
     ds = open_dataset(workspace, dataset)
     paths = model_paths(workspace, name)
@@ -186,6 +188,8 @@ def train_synthesizer(
 
     tags = {"stage": "synthesizer", "model": name, "dataset": dataset, "profile": cfg.profile, "resume": resume}
     with start_run(workspace, EXPERIMENT, run_name=f"train {name}", tags=tags) as run:
+        if run_params:
+            run.log_params(run_params)
         r = _train(ds, paths, name, cfg, resume, run, progress)
         run.log_metrics({"final_loss": r.final_loss, "smoothed_loss": r.smoothed_loss, "train_seconds": r.train_seconds,
                          "call_seconds": r.seconds}, step=r.steps)

@@ -138,17 +138,31 @@ def _write_case(it: _Item, fc: FittedCase, x: np.ndarray, tm: TrainedModel, case
     if integer:
         images = np.clip(np.rint(images), 0, np.iinfo(np.int16).max)
     out_dtype = np.int16 if integer else np.float32
-    cid = it.case_id
-    volumes = {**{m: (images[c], out_dtype) for c, m in enumerate(MODALITIES)},
-               "seg": (fc.grid_seg, np.uint8), "head": (fc.grid_head.astype(np.uint8), np.uint8)}
-    with atomic_dir(cases_dir / cid) as tmp:
-        row: dict[str, Any] = {"case_id": cid, **write_case_volumes(tmp, cid, volumes, fc.grid_affine, f"cases/{cid}/")}
+    channels = {m: images[c].astype(out_dtype) for c, m in enumerate(MODALITIES)}
+    return write_synthetic_case(cases_dir, it.case_id, channels, fc.grid_seg, fc.grid_head, fc.grid_affine,
+                                mask_row=it.row, mask_case=it.mask_case, seed=it.seed, params=params,
+                                model_digest=tm.digest, quality_score=float(score), fingerprint=it.fingerprint)
+
+
+def write_synthetic_case(cases_dir: Path, case_id: str, images: dict[str, np.ndarray], seg: np.ndarray,
+                         head: np.ndarray, affine: np.ndarray, *, mask_row: pd.Series, mask_case: str, seed: int,
+                         params: str, model_digest: str, quality_score: float = math.nan,
+                         fingerprint: str = "") -> dict[str, Any]:
+    """The contract of a synthetic case, for every synthesizer: its four modalities (in ``images``'
+    dtype), seg and head in ``cases/<case_id>/`` (written atomically, with a ``row.json``), linked to
+    the mask it was made from (``mask_case``) and that mask's real ``source_case``, with the mask's
+    split. Returns its manifest row."""
+    volumes = {**{m: (images[m], images[m].dtype) for m in MODALITIES},
+               "seg": (seg, np.uint8), "head": (head.astype(np.uint8), np.uint8)}
+    with atomic_dir(cases_dir / case_id) as tmp:
+        files = write_case_volumes(tmp, case_id, volumes, affine, f"cases/{case_id}/")
+        row: dict[str, Any] = {"case_id": case_id, **files}
         row.update(
-            status=STATUS_OK, reason="", split=str(it.row.get("split", "")), has_seg=True,
-            shape=[int(s) for s in fc.grid_seg.shape], spacing=[round(s, 6) for s in spacing_of(fc.grid_affine)],
-            orientation="".join(nib.aff2axcodes(fc.grid_affine)),
-            labels=[int(v) for v in np.unique(fc.grid_seg)], source_case=_source_case(it.row), mask_case=it.mask_case,
-            seed=it.seed, params=params, model_digest=tm.digest, quality_score=float(score), fingerprint=it.fingerprint,
+            status=STATUS_OK, reason="", split=str(mask_row.get("split", "")), has_seg=True,
+            shape=[int(s) for s in seg.shape], spacing=[round(s, 6) for s in spacing_of(affine)],
+            orientation="".join(nib.aff2axcodes(affine)),
+            labels=[int(v) for v in np.unique(seg)], source_case=_source_case(mask_row), mask_case=mask_case,
+            seed=seed, params=params, model_digest=model_digest, quality_score=quality_score, fingerprint=fingerprint,
         )
         (tmp / "row.json").write_text(json.dumps(row, indent=1), encoding="utf-8")
     return row
@@ -272,19 +286,14 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
     bar.close()
 
     manifest = pd.DataFrame([rows[it.case_id] for it in items])
-    manifest["seed"] = manifest["seed"].astype("Int64")
-    manifest["quality_score"] = manifest["quality_score"].astype(float)
-    remove_stale_cases(root, set(manifest.loc[manifest["status"] == STATUS_OK, "case_id"]))
-    out = register_dataset(
-        workspace, name, kind="synthetic", label_scheme=tm.scheme.name, manifest=manifest,
-        config={**cfg.model_dump(mode="json"), "steps": steps}, parents=[dataset_parent_entry(mds)],
-        extra={"model": model, "model_digest": tm.digest, "model_step": tm.step, "model_profile": tm.config.profile,
-               "model_dataset": tm.card.get("dataset"),
-               # which real cases the generator (and its prior) learnt from: the ablation's leak check reads it
-               "generator_dataset": tm.card.get("dataset"), "generator_train_cases": tm.card.get("train_cases"),
-               "sampler": cfg.sampler, "steps": steps, "eta": cfg.eta,
-               "note": "Synthetic cases from a mask-conditioned diffusion model; quality_score ranks them "
-                       "(1 = tissue statistics of the training data)."},
+    out = register_synthetic(
+        workspace, name, manifest, mds, label_scheme=tm.scheme.name,
+        config={**cfg.model_dump(mode="json"), "steps": steps},
+        model=model, model_digest=tm.digest, generator_dataset=tm.card.get("dataset"),
+        generator_train_cases=tm.card.get("train_cases"),
+        note="Synthetic cases from a mask-conditioned diffusion model; quality_score ranks them (1 = tissue "
+             "statistics of the training data).",
+        model_step=tm.step, model_profile=tm.config.profile, sampler=cfg.sampler, steps=steps, eta=cfg.eta,
     )
     montage = synthesis_montage(out, mds, n_cases=cfg.montage_cases)
     n_ok = int((manifest["status"] == STATUS_OK).sum())
@@ -292,6 +301,27 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
         name=name, model=model, masks=masks, sampler=cfg.sampler, steps=steps, n_cases=len(manifest), n_ok=n_ok,
         n_quarantined=len(manifest) - n_ok, n_written=n_written, n_reused=n_reused, seconds=time.perf_counter() - t0,
         seconds_per_volume=t_sampling / n_written if n_written else 0.0, path=root, montage=montage,
+    )
+
+
+def register_synthetic(workspace: str | Path, name: str, manifest: pd.DataFrame, masks: Dataset, *, label_scheme: str,
+                       config: dict[str, Any], model: str, model_digest: str, generator_dataset: str | None,
+                       generator_train_cases: list[str] | None, note: str, **extra: Any) -> Dataset:
+    """Register a synthetic dataset, for every synthesizer: its parent is the masks dataset, and its
+    dataset.json names the model and the real cases the generator learnt from (``generator_dataset``,
+    ``generator_train_cases``: the ablation's leak check reads them). Case folders the manifest does
+    not list as ok are removed first."""
+    manifest = manifest.copy()
+    manifest["seed"] = manifest["seed"].astype("Int64")
+    manifest["quality_score"] = manifest["quality_score"].astype(float)
+    remove_stale_cases(dataset_dir(workspace, name), set(manifest.loc[manifest["status"] == STATUS_OK, "case_id"]))
+    return register_dataset(
+        workspace, name, kind="synthetic", label_scheme=label_scheme, manifest=manifest, config=config,
+        parents=[dataset_parent_entry(masks)],
+        extra={"model": model, "model_digest": model_digest, "model_step": extra.pop("model_step", None),
+               "model_profile": extra.pop("model_profile", None), "model_dataset": generator_dataset,
+               "generator_dataset": generator_dataset, "generator_train_cases": generator_train_cases,
+               **extra, "note": note},
     )
 
 

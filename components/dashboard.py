@@ -1,9 +1,9 @@
-"""Verb: dashboard-link (where the MLflow UI shows the latest ablation), and the pieces that open it:
-a local ``mlflow server`` over the workspace store and headless Chromium (screenshots, browser test)."""
+"""The MLflow dashboard: the links that open the latest ablation's comparison, a local ``mlflow server``
+over the workspace store (as `make dashboard` starts it) and headless Chromium (screenshots, the
+browser test)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -15,8 +15,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-from flows.cli_common import workspace_arg
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -50,45 +48,6 @@ def dashboard_hint(workspace: str | Path, parent_run_id: str | None = None, port
         return [head, *(f"  {line}" for line in link_lines(ws, parent_run_id, port=port))]
     except Exception as err:  # noqa: BLE001 - a hint, not a result
         return [f"MLflow: `make dashboard WS={ws}` (parent run {parent_run_id}; links unavailable: {err})"]
-
-
-def _add_dashboard_link(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "dashboard-link", help="print the MLflow UI link that compares the latest ablation's configurations",
-        description="Print the links `make dashboard` serves: MLflow's compare page for the latest ablation's "
-        "configurations (parameters and Dice side by side, a parallel-coordinates plot from ratio to Dice), its "
-        "parent run (description, effect table, Dice-vs-ratio plot) and the experiment's runs. With --screenshot, "
-        "start a temporary MLflow server over the workspace store and save both pages as PNG with headless Chromium.",
-    )
-    workspace_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="host the MLflow UI is served on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5000, help="port the MLflow UI is served on (default: 5000)")
-    p.add_argument("--parent-run", default=None, help="an ablation's parent run id (default: the latest ablation)")
-    p.add_argument("--screenshot", default=None, metavar="DIR",
-                   help="save compare-runs.png and parent-run.png in DIR (needs Chromium; serves the store itself on "
-                   "a free port of 127.0.0.1)")
-    p.add_argument("--window", default="1600,1200", help="browser window for --screenshot, W,H (default: 1600,1200)")
-    p.set_defaults(handler=_run_dashboard_link)
-
-
-def _run_dashboard_link(a: argparse.Namespace) -> int:
-    ws = Path(a.workspace)
-    for line in link_lines(ws, a.parent_run, a.host, a.port):
-        print(line)
-    if a.screenshot:
-        from components.errors import InputError
-
-        if find_chromium() is None:
-            raise InputError(f"dashboard-link --screenshot: no Chromium found (looked for {', '.join(CHROMIUM_NAMES)} "
-                             "on PATH and $CHROMIUM); on Debian: apt-get install chromium")
-        w, h = (int(v) for v in a.window.split(","))
-        for path in screenshots(ws, a.screenshot, a.parent_run, window=(w, h)):
-            print(f"screenshot: {path}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    _add_dashboard_link(sub)
 
 
 # --------------------------------------------------------------------------- a local server and a headless browser
