@@ -28,10 +28,10 @@ import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator
 
 from components.brats import (
+    CasePlan,
     CaseSource,
     IngestError,
-    _candidate_schemes,
-    _CasePlan,
+    candidate_schemes,
     discover,
     ingest_case,
     quarantine_case,
@@ -182,7 +182,7 @@ def read_generator_cases(spec: str, real: Dataset) -> GeneratorSpec:
 def resolve_label_scheme(layout: str, requested: str, real: Dataset) -> str:
     """The source scheme to validate against; its canonical form must be the real dataset's scheme."""
     target = real.label_scheme.name
-    candidates = _candidate_schemes(layout, requested)  # IngestError when it does not fit the layout
+    candidates = candidate_schemes(layout, requested)  # IngestError when it does not fit the layout
 
     def canonical(s: str) -> str:
         sch = load_label_scheme(s)
@@ -284,7 +284,7 @@ def ingest_synthetic(
     link_rows = {str(r["case_id"]): r for _, r in inp.links.iterrows()}
 
     rows: list[dict[str, Any]] = []
-    plans: list[_CasePlan] = []
+    plans: list[CasePlan] = []
     seen: dict[str, Path] = {}
     for cs in inp.cases:
         link = link_rows.get(cs.case_id)
@@ -299,7 +299,7 @@ def ingest_synthetic(
         if problem is not None:
             rows.append(quarantine_case(cs, problem, rsplit.get(src, "")))
             continue
-        plans.append(_CasePlan(
+        plans.append(CasePlan(
             source=cs, cases_dir=root / "cases", allowed_labels=frozenset(scheme.values),
             scheme_desc=f"scheme {scheme.name}", label_map=label_map, split="train",
             fingerprint=stat_fingerprint(cs.all_files()) + f":{sorted((label_map or {}).items())}",

@@ -5,7 +5,7 @@ the pydantic models its flags are made from (flows/flags.py). ``gliosynth VERB``
 | verb | flow | the work |
 | --- | --- | --- |
 | phantom | flows/datasets.py phantom_flow | components/phantom.py |
-| ingest | flows/datasets.py ingest_flow | components/brats.py |
+| ingest | flows/datasets.py ingest_flow | components/brats/ingest.py |
 | ingest-synthetic | flows/datasets.py ingest_synthetic_flow | components/foreign.py |
 | datasets | (none: reads the catalog) | data_catalog/__init__.py |
 | augment-masks | flows/masks.py augment_masks_flow | components/masks/dataset.py |
@@ -484,7 +484,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
          "BraTS 2024 post-treatment, MSD Task01 4-D), validate every case and write the canonical dataset "
          "(t1n/t1c/t2w/t2f + seg, labels in brats2023 or brats2024_post, affines kept). Bad cases are quarantined "
          "with a reason, never dropped. Exit status 0 when at least one case is ok.",
-         "flows/datasets.py ingest_flow", "components/brats.py", _ingest_flags, _ingest,
+         "flows/datasets.py ingest_flow", "components/brats/ingest.py", _ingest_flags, _ingest,
          reads={"folders": ("source",), "workspace": False}),
     Verb("ingest-synthetic", "bring your own synthetic set: validate cases made by another tool and catalogue them "
          "for the ablation",
