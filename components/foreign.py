@@ -25,18 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from components.brats import (
     CasePlan,
     CaseSource,
     IngestError,
+    SourceChoices,
     candidate_schemes,
     discover,
     ingest_case,
     quarantine_case,
 )
-from components.config_base import FrozenModel
 from components.io import stat_fingerprint
 from components.progress import tqdm
 from data_catalog import (
@@ -44,9 +44,7 @@ from data_catalog import (
     Dataset,
     dataset_dir,
     dataset_parent_entry,
-    label_scheme_names,
     load_label_scheme,
-    load_layouts,
     open_dataset,
     register_dataset,
     remove_stale_cases,
@@ -59,21 +57,13 @@ LINK_COLUMNS = ("case_id", "source_case")
 OPTIONAL_LINK_COLUMNS = ("mask_case", "quality_score")
 
 
-class ForeignIngestConfig(FrozenModel):
+class ForeignIngestConfig(SourceChoices):
     """How a synthetic set made by another tool is read (saved in its dataset.json)."""
 
     layout: str = Field("auto", description="layout of the source: auto, brats2021, brats2023, msd_task01")
     label_scheme: str = Field("auto", description="label scheme of the source's seg files; auto: the real dataset's "
                                                   "scheme where the layout allows it, else the layout's own scheme")
     workers: int = Field(2, ge=1, description="parallel readers")
-
-    @field_validator("label_scheme", "layout")
-    @classmethod
-    def _known(cls, v: str, info: ValidationInfo) -> str:
-        known = ["auto", *(label_scheme_names() if info.field_name == "label_scheme" else load_layouts())]
-        if v not in known:
-            raise ValueError(f"unknown {info.field_name.replace('_', ' ')} {v!r}: expected one of {known}")
-        return v
 
 
 @dataclass(frozen=True)

@@ -32,3 +32,13 @@ def one_torch_thread():
 
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="module")
+def tiny_catalog_ws(tmp_path_factory):
+    """A workspace with the 4-case dataset ``tiny`` (tests/builders.py), one per test module."""
+    from tests.builders import write_catalog_dataset
+
+    ws = tmp_path_factory.mktemp("synth-train")
+    write_catalog_dataset(ws, "tiny", n_cases=4)
+    return ws

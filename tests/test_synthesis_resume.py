@@ -18,10 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("synth-train")
-    b.write_catalog_dataset(ws, "tiny", n_cases=4)
-    return ws
+def ws(tiny_catalog_ws):
+    return tiny_catalog_ws
 
 
 def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(ws, monkeypatch):

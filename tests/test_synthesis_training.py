@@ -18,10 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("synth-train")
-    b.write_catalog_dataset(ws, "tiny", n_cases=4)
-    return ws
+def ws(tiny_catalog_ws):
+    return tiny_catalog_ws
 
 
 def test_edm_preconditioned_network_starts_as_the_linear_denoiser():

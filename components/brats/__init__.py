@@ -11,10 +11,18 @@ quarantined) and ``ingest`` (a whole release into a catalogued dataset).
 """
 
 from components.brats.canonicalise import CasePlan, ingest_case, quarantine_case
-from components.brats.common import AFFINE_TOL_MM, FILE_KEYS, CaseProblem, CaseSource, IngestConfig, IngestError
+from components.brats.common import (
+           AFFINE_TOL_MM,
+           FILE_KEYS,
+           CaseProblem,
+           CaseSource,
+           IngestConfig,
+           IngestError,
+           SourceChoices,
+)
 from components.brats.discover import discover
 from components.brats.ingest import IngestSummary, candidate_schemes, ingest, source_fingerprint
 
 __all__ = ["AFFINE_TOL_MM", "FILE_KEYS", "CaseProblem", "CaseSource", "IngestConfig", "IngestError", "IngestSummary",
            "CasePlan", "candidate_schemes", "discover", "ingest", "ingest_case", "quarantine_case",
-           "source_fingerprint"]
+           "SourceChoices", "source_fingerprint"]

@@ -27,14 +27,11 @@ class CaseProblem(Exception):
     """One case is invalid; the message is the manifest's one-sentence reason."""
 
 
-class IngestConfig(FrozenModel):
-    """Settings of one ingestion run (saved in dataset.json)."""
+class SourceChoices(FrozenModel):
+    """The label scheme and layout of a source, checked against the registries (shared by every ingester)."""
 
-    label_scheme: str = Field("auto", description="source label scheme: auto, brats2021, brats2023, brats2024_post, msd")
-    layout: str = Field("auto", description="release layout: auto, brats2021, brats2023, msd_task01")
-    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of cases hashed into the test split")
-    split_salt: str = "gliosynth"
-    workers: int = Field(2, ge=1)
+    label_scheme: str = "auto"
+    layout: str = "auto"
 
     @field_validator("label_scheme", "layout")
     @classmethod
@@ -44,6 +41,17 @@ class IngestConfig(FrozenModel):
         if v not in known:
             raise ValueError(f"unknown {info.field_name.replace('_', ' ')} {v!r}: expected one of {known}")
         return v
+
+
+class IngestConfig(SourceChoices):
+    """Settings of one ingestion run (saved in dataset.json)."""
+
+    label_scheme: str = Field("auto", description="source label scheme: auto, brats2021, brats2023, brats2024_post, msd")
+    layout: str = Field("auto", description="release layout: auto, brats2021, brats2023, msd_task01")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of cases hashed into the test split")
+    split_salt: str = "gliosynth"
+    workers: int = Field(2, ge=1)
+
 
 
 @dataclass
