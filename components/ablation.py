@@ -32,6 +32,7 @@ from components.errors import InputError
 from components.export import ExportCase, cases_from_dataset, export_nnunet, reserve_dataset_ids
 from components.io import write_json_atomic
 from components.segmentation.nnunet import NnunetSchedule, ScheduleName, default_schedule
+from components.synthetic_sets import SYNTHESIZER_COLUMN
 from data_catalog import Dataset
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class AblationConfig(FrozenModel):
     high_quality: bool = Field(False, description="take synthetic cases by descending quality_score, not at random")
     schedule: ScheduleName | None = Field(None, description="nnU-Net schedule (components.segmentation.nnunet); "
                                           "None: full where a CUDA GPU is visible, cpu-demo without one")
-    preset: Literal["brats2023", "brats2024"] = Field("brats2023", description="lesion-wise scoring preset")
+    preset: Literal["brats2023", "brats2024", "brats2025"] = Field("brats2023", description="lesion-wise scoring preset")
     experiment: str = "gliosynth-ablation"
     montage_cases: int = Field(2, ge=0)
     bootstrap_resamples: int = Field(9999, ge=100, description="resamples of the paired-effect bootstrap")
@@ -107,6 +108,7 @@ class MixPlan:
     requested_synthetic: int
     real_pool: tuple[str, ...] = ()
     segmenter: str = DEFAULT_SEGMENTER
+    synthesizer: str = ""  # the synthesizer of its synthetic cases when several were crossed; "" otherwise
 
     @property
     def n_real(self) -> int:
@@ -182,7 +184,9 @@ def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig,
     """All configurations of the ablation. Selection is seeded and nested across ratios.
 
     Every mix is crossed with every segmenter; with one segmenter a configuration is named after
-    its mix alone (``r1-s0``), with more after both (``nnunet-r1-s0``).
+    its mix alone (``r1-s0``), with more after both (``nnunet-r1-s0``). A combined synthetic dataset
+    (``components.synthetic_sets``) crosses its synthesizers too: each ratio above 0 once per
+    synthesizer (``ldm-r1-s0``, cases of that synthesizer only), the real-only baseline once for all.
 
     For one seed the synthetic cases are taken from one fixed permutation, so the cases of ratio
     0.5 are a subset of those of ratio 1: differences between ratios are not re-draws. Every
@@ -197,7 +201,7 @@ def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig,
     pool = real_subset(real, cfg)
     if any(r > 0 for r in cfg.ratios) and synthetic is None:
         raise AblationError(f"ratios {[r for r in cfg.ratios if r > 0]} need a synthetic dataset; none was given")
-    eligible = pd.DataFrame(columns=["case_id", "source_case"])
+    eligible = pd.DataFrame(columns=["case_id", "source_case", SYNTHESIZER_COLUMN])
     if synthetic is not None and any(r > 0 for r in cfg.ratios):
         syn = _labelled(synthetic, "train")
         src = syn["source_case"].astype(str) if "source_case" in syn else pd.Series([""] * len(syn), dtype=str)
@@ -209,35 +213,53 @@ def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig,
                 f"cases whose source_case is a case of the real dataset {real.name!r}, found none (source_case "
                 f"values: {seen or 'none'}); without that link no synthetic case can be checked against the test split")
         eligible = linked[linked["source_case"].astype(str).isin(set(pool))]
+    arms = synthesizer_arms(synthetic)
     plans = []
     for seed in cfg.seeds:
-        if cfg.high_quality and "quality_score" in eligible:
-            # higher quality_score is better; ties broken by id so the order is total
-            candidates = eligible.sort_values(["quality_score", "case_id"], ascending=[False, True])["case_id"].tolist()
-        else:
-            candidates = np.random.default_rng([seed, 1]).permutation(eligible["case_id"].tolist()).tolist()
-        variants = [(r, False) for r in cfg.ratios]
-        if cfg.synthetic_only:
-            variants += [(r, True) for r in cfg.ratios if r > 0]
-        for ratio, syn_only in variants:
-            want = math.floor(ratio * len(pool) + 0.5)  # half up, not Python's half-to-even
-            if ratio > 0 and want == 0:
-                raise AblationError(f"ratio {ratio:g} x {len(pool)} real training cases rounds to 0 synthetic cases: "
-                                    f"use a ratio of at least {0.5 / len(pool):.2g}")
-            if want > len(candidates):
-                raise AblationError(
-                    f"ratio {ratio:g} needs {want} synthetic cases ({ratio:g} x {len(pool)} real training cases) but "
-                    f"synthetic dataset {synthetic.name if synthetic is not None else '-'!r} has {len(candidates)} "
-                    f"eligible (ok, train split, derived from the configuration's real cases): lower the ratio or "
-                    f"synthesise more cases per mask")
-            plans.append(MixPlan(
-                name=_config_name(ratio, seed, syn_only), ratio=float(ratio), seed=int(seed), synthetic_only=syn_only,
-                real_ids=() if syn_only else pool, synthetic_ids=tuple(sorted(candidates[:want])), test_ids=test_ids,
-                requested_synthetic=int(want), real_pool=pool,
-            ))
+        for ratio, syn_only in [(r, False) for r in cfg.ratios] + (
+                [(r, True) for r in cfg.ratios if r > 0] if cfg.synthetic_only else []):
+            for arm in (arms if ratio > 0 else [""]):  # the real-only baseline is shared by every synthesizer
+                part = eligible[eligible[SYNTHESIZER_COLUMN].astype(str) == arm] if arm else eligible
+                candidates = _candidates(part, seed, cfg.high_quality)
+                want = math.floor(ratio * len(pool) + 0.5)  # half up, not Python's half-to-even
+                if ratio > 0 and want == 0:
+                    raise AblationError(f"ratio {ratio:g} x {len(pool)} real training cases rounds to 0 synthetic "
+                                        f"cases: use a ratio of at least {0.5 / len(pool):.2g}")
+                if want > len(candidates):
+                    what = f"synthetic dataset {synthetic.name if synthetic is not None else '-'!r}" + (
+                        f" (synthesizer {arm})" if arm else "")
+                    raise AblationError(
+                        f"ratio {ratio:g} needs {want} synthetic cases ({ratio:g} x {len(pool)} real training cases) "
+                        f"but {what} has {len(candidates)} eligible (ok, train split, derived from the "
+                        f"configuration's real cases): lower the ratio or synthesise more cases per mask")
+                name = _config_name(ratio, seed, syn_only)
+                plans.append(MixPlan(
+                    name=f"{arm}-{name}" if arm else name, ratio=float(ratio), seed=int(seed), synthetic_only=syn_only,
+                    real_ids=() if syn_only else pool, synthetic_ids=tuple(sorted(candidates[:want])),
+                    test_ids=test_ids, requested_synthetic=int(want), real_pool=pool, synthesizer=arm,
+                ))
     if len(segmenters) == 1:
         return [replace(p, segmenter=segmenters[0]) for p in plans]
     return [replace(p, name=f"{s}-{p.name}", segmenter=s) for s in segmenters for p in plans]
+
+
+def synthesizer_arms(synthetic: Dataset | None) -> list[str]:
+    """The synthesizers a combined synthetic dataset (``components.synthetic_sets``) crosses, in its
+    order; ``[""]`` for a dataset of one synthesizer (or none)."""
+    if synthetic is None or SYNTHESIZER_COLUMN not in synthetic.manifest:
+        return [""]
+    labels = [str(v) for v in synthetic.info.get("synthesizers", [])] or sorted(
+        set(synthetic.manifest[SYNTHESIZER_COLUMN].dropna().astype(str)) - {""})
+    return labels if len(labels) > 1 else [""]
+
+
+def _candidates(eligible: pd.DataFrame, seed: int, high_quality: bool) -> list[str]:
+    """The synthetic cases in the order a configuration takes them: one seeded permutation (so the
+    cases of a lower ratio are a subset of a higher one's), or by descending quality_score."""
+    if high_quality and "quality_score" in eligible:
+        # higher quality_score is better; ties broken by id so the order is total
+        return eligible.sort_values(["quality_score", "case_id"], ascending=[False, True])["case_id"].tolist()
+    return np.random.default_rng([seed, 1]).permutation(eligible["case_id"].tolist()).tolist()
 
 
 @dataclass(frozen=True)
@@ -463,6 +485,16 @@ def seed_params(schedule: NnunetSchedule) -> dict[str, Any]:
                          "deterministic), so a seed labels an independent repeat, not a reproducible run"}
 
 
+def synthesizer_of(plan: MixPlan, synthetic: Dataset | None) -> str:
+    """What made a configuration's synthetic cases: its crossed synthesizer, else the synthetic
+    dataset's (as recorded in its dataset.json), or 'none' for real cases only."""
+    if plan.synthesizer:
+        return plan.synthesizer
+    if not plan.synthetic_ids or synthetic is None:
+        return REAL_ONLY
+    return str(synthetic.info.get("synthesizer") or synthetic.info.get("model") or synthetic.name)
+
+
 def run_configuration(
     workspace: str | Path, ablation: str, plan: MixPlan, real: Dataset, synthetic: Dataset | None,
     cfg: AblationConfig, parent_run_id: str, data: Mapping[str, Any], generator: GeneratorRecord | None = None,
@@ -474,6 +506,7 @@ def run_configuration(
     is recorded (FAILED run, status 'failed') and returned, never raised: the other configurations go on.
     """
     from components.backends import get_segmenter
+    from components.metrics.extra import extra_scores
     from components.metrics.segmentation import SegmentationEvalConfig, evaluate_pairs
     from components.segmentation.gpus import gpu_pool
     from components.tracking import PHANTOM_NOTE, finite_metrics, start_run
@@ -481,7 +514,8 @@ def run_configuration(
     ws = Path(workspace).resolve()
     segmenter = get_segmenter(plan.segmenter)
     params = {
-        "config": plan.name, "segmenter": plan.segmenter, "ratio": plan.ratio,
+        "config": plan.name, "segmenter": plan.segmenter, "synthesizer": synthesizer_of(plan, synthetic),
+        "ratio": plan.ratio,
         "requested_synthetic": plan.requested_synthetic, "seed": plan.seed, "synthetic_only": plan.synthetic_only,
         "real_fraction": cfg.real_fraction, "real_subset_size": len(plan.real_pool), "subset_seed": cfg.subset_seed,
         "high_quality": cfg.high_quality, "n_test": len(plan.test_ids), **segmenter.params(plan, cfg, data),
@@ -524,20 +558,22 @@ def run_configuration(
             result.params.update(counts)
             preds = segmenter.predict(fitted, {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")]
                                                for c in tests}, out_dir / "predictions", cfg, data, gpu)
-            report = evaluate_pairs(
-                [(c.case_id, preds[c.case_id], c.files["seg"]) for c in tests],
-                SegmentationEvalConfig.from_preset(real.label_scheme.name, cfg.preset),
-            )
-            if report.problems:
-                raise RuntimeError(f"configuration {plan.name}: scoring problems: {report.problems[:3]}")
+            pairs = [(c.case_id, preds[c.case_id], c.files["seg"]) for c in tests]
+            report = evaluate_pairs(pairs, SegmentationEvalConfig.from_preset(real.label_scheme.name, cfg.preset))
+            extra = extra_scores(pairs, real.label_scheme, progress=False)  # GliomaGen's: kappa, accuracy, F1, volume r
+            if report.problems or extra.problems:
+                raise RuntimeError(f"configuration {plan.name}: scoring problems: "
+                                   f"{(report.problems + extra.problems)[:3]}")
             out_dir.mkdir(parents=True, exist_ok=True)
             per_case = out_dir / "per_case.csv"
             report.table.to_csv(per_case, index=False)
+            extra.table.to_csv(out_dir / "extra_scores.csv", index=False)
             result.per_case_csv = str(per_case)
-            metrics = segmentation_metric_means(report.table)
+            metrics = {**segmentation_metric_means(report.table), **extra.metrics}
             result.metrics = metrics
             run.log_metrics(finite_metrics(metrics))
             run.log_artifact(per_case)
+            run.log_artifact(out_dir / "extra_scores.csv")
             if cfg.montage_cases:
                 montage = prediction_montage(tests[: cfg.montage_cases], preds, out_dir / "predictions.png",
                                              plan.name, segmenter.label)
@@ -584,42 +620,70 @@ def prediction_montage(cases: list[ExportCase], preds: dict[str, Path], out: Pat
     return render_montage(items, out, title=f"{title}: truth vs prediction (FLAIR)")
 
 
-def crossed_segmenters(results: list[ConfigResult]) -> bool:
-    """Whether the ablation crossed more than one segmenter (its tables then have a ``segmenter`` column)."""
-    return len({r.params.get("segmenter", DEFAULT_SEGMENTER) for r in results}) > 1
+ARM_COLUMNS = ("segmenter", "synthesizer")  # what an ablation can cross besides ratio and seed
 
 
-def by_segmenter(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """``table`` per segmenter, or ``[("", table)]`` when it has no ``segmenter`` column."""
-    if "segmenter" not in table:
+REAL_ONLY = "none"  # the synthesizer param of a configuration without synthetic cases
+
+
+def arm_of(result: ConfigResult, column: str) -> str:
+    """A configuration's segmenter or synthesizer as its tables show it ('' for the real-only baseline)."""
+    v = str(result.params.get(column, DEFAULT_SEGMENTER if column == "segmenter" else "") or "")
+    return "" if column == "synthesizer" and v == REAL_ONLY else v
+
+
+def crossed(results: list[ConfigResult]) -> tuple[str, ...]:
+    """Which of segmenter and synthesizer the ablation crossed (its tables then have those columns)."""
+    return tuple(c for c in ARM_COLUMNS if len({arm_of(r, c) for r in results} - {""}) > 1)
+
+
+def by_arm(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``table`` per crossed arm (segmenter and/or synthesizer, named e.g. ``nnunet ldm``), or
+    ``[("", table)]`` when nothing was crossed. A synthesizer's part also holds the real-only
+    rows (synthesizer ''), the baseline its effects are paired against."""
+    cols = [c for c in ARM_COLUMNS if c in table]
+    if not cols:
         return [("", table)]
-    return [(str(s), part.drop(columns="segmenter")) for s, part in table.groupby("segmenter", sort=False)]
+    parts = []
+    segs = table.groupby("segmenter", sort=False) if "segmenter" in table else [("", table)]
+    for seg, seg_part in segs:
+        if "synthesizer" in seg_part:
+            syn = seg_part["synthesizer"].fillna("").astype(str)
+            for arm in [a for a in dict.fromkeys(syn) if a]:
+                part = seg_part[syn.isin([arm, ""])]
+                parts.append((" ".join(x for x in (str(seg), arm) if x), part.drop(columns=cols)))
+        else:
+            parts.append((str(seg), seg_part.drop(columns=cols)))
+    return parts
 
 
-def segmenter_effects(per_case: pd.DataFrame, seed: int, n_resamples: int) -> pd.DataFrame:
-    """Paired effects against ratio 0, within each segmenter when several were crossed."""
+def arm_effects(per_case: pd.DataFrame, seed: int, n_resamples: int) -> pd.DataFrame:
+    """Paired effects against ratio 0 within each crossed arm (segmenter, synthesizer)."""
     from components.metrics.paired import paired_effects
 
     parts = []
-    for seg, part in by_segmenter(per_case):
+    cols = [c for c in ARM_COLUMNS if c in per_case]
+    for _, part in by_arm(per_case):
         effects = paired_effects(part, seed=seed, n_resamples=n_resamples)
-        if seg:
-            effects.insert(0, "segmenter", seg)
+        key = per_case.loc[part.index, cols]
+        for i, c in enumerate(cols):
+            values = [v for v in dict.fromkeys(key[c].fillna("").astype(str)) if v]
+            effects.insert(i, c, values[0] if values else "")
         parts.append(effects)
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def per_case_table(results: list[ConfigResult]) -> pd.DataFrame:
     """Every scored configuration's per-case scores, with its ratio, seed and variant (and its
-    segmenter, when several were crossed)."""
+    segmenter and synthesizer, when several were crossed)."""
     parts = []
-    crossed = crossed_segmenters(results)
+    cols = crossed(results)
     for r in results:
         if r.status != "ok" or not r.per_case_csv:
             continue
         t = pd.read_csv(r.per_case_csv)
-        if crossed:
-            t.insert(0, "segmenter", r.params["segmenter"])
+        for c in reversed(cols):
+            t.insert(0, c, arm_of(r, c))
         t.insert(0, "config", r.name)
         t.insert(1, "ratio", float(r.params["ratio"]))
         t.insert(2, "seed", int(r.params["seed"]))
@@ -633,37 +697,58 @@ def summary_table(results: list[ConfigResult], effects: pd.DataFrame | None = No
     """One row per configuration; with ``effects``, each row also carries its ratio's seed-mean scores and
     paired differences to the real-only baseline (``delta_*`` with ``_ci_low``/``_ci_high``/``_p``)."""
     rows = []
-    keys = (("segmenter",) if crossed_segmenters(results) else ()) + ("ratio", "seed", "n_real", "n_synthetic",
-                                                                       "synthetic_only")
+    cols = crossed(results)
+    keys = ("ratio", "seed", "n_real", "n_synthetic", "synthetic_only")
     for r in results:
-        rows.append({"config": r.name, "status": r.status, **{k: r.params.get(k) for k in keys}, **r.metrics,
+        arm = {c: arm_of(r, c) for c in cols}
+        rows.append({"config": r.name, "status": r.status, **arm, **{k: r.params.get(k) for k in keys}, **r.metrics,
                      "seconds": round(r.seconds, 1), "error": r.error, "run_id": r.run_id})
     table = pd.DataFrame(rows)
     if effects is not None and not effects.empty and not table.empty:
-        on = [c for c in ("segmenter", "ratio", "synthetic_only") if c in effects]
+        on = [c for c in (*ARM_COLUMNS, "ratio", "synthetic_only") if c in effects]
         eff = effects.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds") if c in effects])
+        if "synthesizer" in eff:  # the baseline row appears once per synthesizer: keep one for the real-only rows
+            eff = eff[(eff["ratio"] > 0) | eff["synthetic_only"]]
+            base = effects[(effects["ratio"] == 0) & ~effects["synthetic_only"].astype(bool)]
+            base = base.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds") if c in base])
+            eff = pd.concat([eff, base.assign(synthesizer="").drop_duplicates(
+                subset=[c for c in on if c != "synthesizer"])], ignore_index=True)
         eff = eff.rename(columns={c: f"{c}_seed_mean" for c in eff.columns
                                   if not c.startswith("delta_") and c not in on})
         table["ratio"] = table["ratio"].astype(float)
         table["synthetic_only"] = table["synthetic_only"].astype(bool)
+        for c in on:
+            if c in ARM_COLUMNS:
+                table[c] = table[c].fillna("").astype(str)
         table = table.merge(eff, on=on, how="left")
     return table
 
 
 def effect_metrics(effects: pd.DataFrame) -> dict[str, float]:
-    """The effect table as flat MLflow metrics: ``effect_[<segmenter>_]r<ratio>[_synonly]_<column>`` (the
-    segmenter when several were crossed)."""
+    """The effect table as flat MLflow metrics: ``effect_[<segmenter>_][<synthesizer>_]r<ratio>[_synonly]_<column>``
+    (segmenter and synthesizer when several were crossed)."""
     out = {}
     for _, row in effects.iterrows():
         tag = f"r{row['ratio']:g}".replace(".", "p") + ("_synonly" if row["synthetic_only"] else "")
-        if "segmenter" in row:
-            tag = f"{row['segmenter']}_{tag}"
+        for c in reversed(ARM_COLUMNS):
+            if c in row and row[c]:
+                tag = f"{row[c]}_{tag}"
         for col, v in row.items():
             if col in ("ratio", "synthetic_only") or not isinstance(v, (int, float, np.floating, np.integer)):
                 continue
             if np.isfinite(v):
                 out[f"effect_{tag}_{col}"] = float(v)
     return out
+
+
+def by_arm_effects(effects: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The effect table (``arm_effects``) per crossed arm, named e.g. ``nnunet ldm``; ``[("", effects)]``
+    when nothing was crossed."""
+    cols = [c for c in ARM_COLUMNS if c in effects]
+    if not cols:
+        return [("", effects)]
+    return [(" ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if k), part.drop(columns=cols))
+            for key, part in effects.groupby(cols, sort=False)]
 
 
 def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Path:
@@ -684,7 +769,10 @@ def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Pat
                if c.startswith("delta_dice_") and not c.endswith(("_ci_low", "_ci_high", "_p"))]
     n_seeds = int(effects["n_seeds"].max()) if len(effects) else 0
     n_cases = int(effects["n_cases"].max()) if len(effects) else 0
-    for (seg, eff), (syn_only, style) in itertools.product(by_segmenter(effects), ((False, "-o"), (True, "--s"))):
+    arms = by_arm_effects(effects)
+    if len(arms) > 2:  # one line per crossed arm: the first region (WT) only, or the plot is unreadable
+        regions = regions[:1]
+    for (seg, eff), (syn_only, style) in itertools.product(arms, ((False, "-o"), (True, "--s"))):
         part = eff[eff["synthetic_only"] == syn_only].sort_values("ratio")
         if part.empty:
             continue

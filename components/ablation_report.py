@@ -12,12 +12,12 @@ import pandas as pd
 from components.ablation import (
     AblationConfig,
     ConfigResult,
-    by_segmenter,
+    arm_effects,
+    by_arm_effects,
     dice_vs_ratio_plot,
     effect_metrics,
     per_case_table,
     seed_params,
-    segmenter_effects,
     summary_table,
 )
 from components.io import atomic_path
@@ -77,7 +77,9 @@ def parent_note(ablation: str, config: AblationConfig, real: Dataset, synthetic:
     n_pool = len(plans[0]["real_pool"]) if plans else len(real.ok_cases("train"))
     subset = f" (fraction {cfg.real_fraction:g}, subset seed {cfg.subset_seed})" if cfg.real_fraction < 1 else ""
     phantom = real.info.get("kind") == "phantom"
-    lines = [f"## Ratio ablation `{ablation}`: do synthetic cases make nnU-Net better on held-out real cases?", "",
+    segs = list(dict.fromkeys(str(p.get("segmenter", "nnunet")) for p in plans)) or ["nnunet"]
+    who = segs[0] if len(segs) == 1 else "each segmenter"
+    lines = [f"## Ratio ablation `{ablation}`: do synthetic cases make {who} better on held-out real cases?", "",
              effects_heading(phantom), "", "The configurations are running; the table appears here when they are done.",
              "", DETAILS_HEADING, ""]
     if phantom:
@@ -85,20 +87,24 @@ def parent_note(ablation: str, config: AblationConfig, real: Dataset, synthetic:
     lines += [
               f"- **Configurations:** {len(plans)}, one child run each: ratios {', '.join(f'{r:g}' for r in cfg.ratios)} "
               f"synthetic cases per real training case, seeds {', '.join(str(s) for s in cfg.seeds)}{variants}; "
-              f"nnU-Net schedule `{cfg.schedule}`.",
+              f"segmenters {', '.join(f'`{s}`' for s in segs)}, schedule `{cfg.schedule}`.",
               "- **Comparison:** each ratio against ratio 0 (real cases only) of the same seed on the same test cases: "
               "mean paired difference, 95 % bootstrap interval over seeds and test cases, Wilcoxon signed-rank p.",
               f"- **Real data:** `{real.name}` ({real.info.get('kind', '?')}, manifest `{real.manifest_digest[:12]}`): "
               f"{n_pool} training cases{subset}; {n_test} held-out test cases, the only test set."]
     if synthetic is not None:
         pick = "by descending quality score" if cfg.high_quality else "at random (nested across ratios)"
+        arms = synthetic.info.get("synthesizers") or []
+        crossing = (f" from synthesizers {', '.join(f'`{a}`' for a in arms)}, each ratio run once per synthesizer "
+                    "with its cases only, the real-only baseline shared" if len(arms) > 1 else "")
         lines.append(f"- **Synthetic data:** `{synthetic.name}` (manifest `{synthetic.manifest_digest[:12]}`): "
-                     f"{len(synthetic.ok_cases())} cases; a configuration takes its cases {pick} among those whose "
-                     "mask comes from its real training cases.")
+                     f"{len(synthetic.ok_cases())} cases{crossing}; a configuration takes its cases {pick} among "
+                     "those whose mask comes from its real training cases.")
     else:
         lines.append("- **Synthetic data:** none (ratio 0 only).")
     lines.append("- **Where to look:** the child runs side by side (select them, then Compare); this run's metrics "
-                 "`effect_r<ratio>_delta_dice_<region>` (with `_ci_low`, `_ci_high`, `_p`) and the synthetic set's "
+                 "`effect_[<segmenter>_][<synthesizer>_]r<ratio>_delta_dice_<region>` (with `_ci_low`, `_ci_high`, "
+                 "`_p`; segmenter and synthesizer when several were crossed) and the synthetic set's "
                  "scores against the real test split (`fid2d_*`, `kid_*`, ..., each beside its real-vs-real `_floor`); "
                  "its artifacts `effect.csv`, `dice_vs_ratio.png`, `summary.csv`, `per_case.csv`.")
     return "\n".join(lines)
@@ -152,9 +158,10 @@ def effects_markdown(effects: pd.DataFrame, n_ok: int, n_failed: int, plot_run_i
 
 
 def _which(e: pd.Series, synthetic_only: str = " (synthetic only)") -> str:
-    """A row of the effect table by name: its ratio, variant and (when several were crossed) segmenter."""
-    return (f"{e['segmenter']} " if "segmenter" in e else "") + f"{e['ratio']:g}" + (
-        synthetic_only if e["synthetic_only"] else "")
+    """A row of the effect table by name: its ratio, variant and (when several were crossed) segmenter
+    and synthesizer."""
+    arm = "".join(f"{e[c]} " for c in ("segmenter", "synthesizer") if c in e and e[c])
+    return arm + f"{e['ratio']:g}" + (synthetic_only if e["synthetic_only"] else "")
 
 
 def effects_answer(effects: pd.DataFrame, region: str) -> str:
@@ -197,7 +204,7 @@ def summarize_ablation(workspace: str, ablation: str, config: AblationConfig, pa
     out.mkdir(parents=True, exist_ok=True)
     configs = [ConfigResult(**r) for r in results]
     per_case = per_case_table(configs)
-    effects = segmenter_effects(per_case, seed=min(config.seeds), n_resamples=config.bootstrap_resamples)
+    effects = arm_effects(per_case, seed=min(config.seeds), n_resamples=config.bootstrap_resamples)
     table = summary_table(configs, effects)
     files = {"summary_csv": out / "summary.csv", "effect_csv": out / "effect.csv", "per_case_csv": out / "per_case.csv"}
     for key, frame in (("summary_csv", table), ("effect_csv", effects), ("per_case_csv", per_case)):
@@ -219,5 +226,5 @@ def summarize_ablation(workspace: str, ablation: str, config: AblationConfig, pa
                                                                         plot_run_id=parent_run_id, phantom=phantom)))
     return {**{k: str(v) for k, v in files.items()}, "plot": str(plot), "table": table.to_dict(orient="records"),
             "effects": effects.to_dict(orient="records"),
-            "effect_lines": [line for seg, part in by_segmenter(effects)
-                             for line in ([f"segmenter {seg}:"] if seg else []) + effect_lines(part)]}
+            "effect_lines": [line for arm, part in by_arm_effects(effects)
+                             for line in ([f"{arm}:"] if arm else []) + effect_lines(part)]}

@@ -163,7 +163,8 @@ def _run_configurations(params: AblationParams, ws: str, plans: list[dict], comm
             err = str(fut.state.message or "failed")
             logger.warning("configuration %s failed: %s", plan["name"], err)
             results.append({"name": plan["name"], "status": "failed", "params": {
-                "segmenter": plan["segmenter"], "ratio": plan["ratio"], "seed": plan["seed"],
+                "segmenter": plan["segmenter"], "synthesizer": plan.get("synthesizer") or "", "ratio": plan["ratio"],
+                "seed": plan["seed"],
                 "n_real": len(plan["real_ids"]),
                 "n_synthetic": len(plan["synthetic_ids"]), "synthetic_only": plan["synthetic_only"]},
                 "error": err})

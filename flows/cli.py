@@ -251,8 +251,10 @@ class SegmentationOptions(BaseModel):
     label_scheme: str | None = Field(None, description="label scheme of ground truth and predictions; regions come "
                                      "from it (default: the dataset's scheme when --gt is a dataset; required for a "
                                      "folder)")
-    preset: str = Field("brats2023", description="lesion-wise constants: brats2023 (dilation 3, lesions <= 50 mm^3 "
-                        "dropped, penalty 374) or brats2024 (penalty 337, thresholds ET 10 / others 20 mm^3)")
+    preset: str = Field("brats2023", description="scoring preset (docs/scoring.md): brats2023 (lesion-wise, dilation 3, "
+                        "lesions <= 50 mm^3 dropped, penalty 374), brats2024 (lesion-wise, penalty 337, thresholds "
+                        "ET 10 / others 20 mm^3) or brats2025 (BraTS 2025 scorer via panoptica: global Dice/HD95/NSD, "
+                        "PQ/SQ/RQ, lesion tp/fp/fn)")
     workers: int = Field(2, ge=1, description="cases scored in parallel")
 
 
@@ -547,17 +549,20 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
          "same options, without training: one nnU-Net dataset per configuration, mixes.csv, mixes.json and README.md; "
          "the mixes pass the ablation's leak checks first.", "flows/ablation.py export_flow", "components/export.py",
          _export_flags, _export, reads={"datasets": ("dataset", "synthetic")}, extra=_export_extra),
-    Verb("ablation", "train nnU-Net on real+synthetic mixes over ratios; score on held-out real cases; log to MLflow",
+    Verb("ablation", "train segmenters (nnU-Net by default) on real+synthetic mixes over ratios; score on held-out "
+         "real cases; log to MLflow",
          "For every ratio (and seed) build a mix of the real dataset's train split and synthetic cases (only those "
-         "derived from train-split masks, by a generator that learnt from them: checked), train nnU-Net through its "
-         "Python API, predict the real test split and score it. Each ratio is compared with ratio 0 of the same seed "
+         "derived from train-split masks, by a generator that learnt from them: checked), train each segmenter "
+         "(--segmenters) on it, predict the real test split and score it. A synthetic set that combines several "
+         "synthesizers (the pipeline's `synthesizers:`) is crossed too: each ratio once per synthesizer. Each ratio is compared with ratio 0 of the same seed "
          "on the same test cases (paired differences, bootstrap intervals). One MLflow parent run, one child run per "
          "configuration; summary, effect and per-case CSVs and a Dice-vs-ratio plot.",
          "flows/ablation.py ablation_flow", "components/ablation.py", _ablation_flags, _ablation,
          reads={"datasets": ("real", "synthetic")}),
-    Verb("pipeline", "run the whole DAG from one config file (configs/demo.yaml, configs/brats-gpu.yaml)",
-         "phantom or ingestion -> mask augmentation -> synthesizer training -> synthesis -> synthesis scores -> export "
-         "-> nnU-Net ratio ablation -> MLflow. Every key of the config is checked before anything runs; unchanged "
+    Verb("pipeline", "run the whole DAG from one config file (configs/demo.yaml, configs/compare.yaml, "
+         "configs/brats-gpu.yaml)",
+         "phantom or ingestion -> mask augmentation -> synthesizer training (one or several) -> synthesis -> synthesis "
+         "scores -> export -> ratio ablation (one or several segmenters) -> MLflow. Every key of the config is checked before anything runs; unchanged "
          "stages are cache hits.", "flows/pipeline.py pipeline_flow", "every stage above", _own(PipelineOptions),
          _pipeline, reads={"workspace": False}),
     Verb("serve", "start a local Prefect server and worker on 127.0.0.1 and deploy prefect.yaml",

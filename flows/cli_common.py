@@ -43,10 +43,12 @@ def check_inputs(a: argparse.Namespace) -> None:
         value = getattr(a, name, None)
         if value is not None and not Path(value).is_dir() and not (ws / "datasets" / value / "dataset.json").is_file():
             raise InputError(f"{a.verb} {flag(name)} {value}: neither a folder nor a dataset of workspace {ws}")
-    from components.synthesis.store import require_trained
+    from components.backends import DEFAULT_SYNTHESIZER, get_synthesizer
 
+    # a model is checked by the backend that trained it (its weights_digest refuses an untrained one)
+    synthesizer = get_synthesizer(getattr(a, "backend", None) or DEFAULT_SYNTHESIZER)
     checks = [(name, lambda v: open_dataset(ws, v)) for name in getattr(a, "reads_datasets", ())]
-    checks += [(name, lambda v: require_trained(ws, v)) for name in getattr(a, "reads_models", ())]
+    checks += [(name, lambda v: synthesizer.weights_digest(ws, v)) for name in getattr(a, "reads_models", ())]
     for name, check in checks:
         value = getattr(a, name, None)
         if value is not None:

@@ -1,5 +1,6 @@
-"""The whole DAG: data (phantom or ingestion) -> masks -> synthesizer -> synthesis -> scores -> export
--> nnU-Net ratio ablation -> MLflow. One typed config file drives it (configs/demo.yaml, brats-gpu.yaml).
+"""The whole DAG: data (phantom or ingestion) -> masks -> synthesizer(s) -> synthesis -> scores -> export
+-> ratio ablation (nnU-Net or other segmenters) -> MLflow. One typed config file drives it
+(configs/demo.yaml, configs/compare.yaml crossing synthesizers and segmenters, brats-gpu.yaml).
 
 Every stage is a sub-flow whose tasks cache on content digests, so an unchanged re-run does almost
 no work and a changed stage re-runs itself and what depends on it only.
@@ -40,6 +41,7 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
     from flows.metrics import SynthesisEvalParams, evaluate_synthesis_flow
     from flows.synthesis import SynthesizeParams, TrainSynthesizerParams, synthesize_flow, train_synthesizer_flow
     from tasks.ablation import real_subset_task
+    from tasks.synthesis import combine_synthetic_task
 
     logger = get_run_logger()
     cfg = load_config(config_path)
@@ -63,31 +65,44 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                         "generator and synthetic set", sfx, real_name, 100 * fraction)
         masks = augment_masks_flow(AugmentMasksParams(source=real_name, name=cfg.masks.name + sfx, workspace=ws,
                                                       backend=cfg.masks.source, config=cfg.masks.config))
-        model = train_synthesizer_flow(TrainSynthesizerParams(
-            workspace=ws, dataset=real_name, name=cfg.synthesizer.name + sfx, backend=cfg.synthesizer.backend,
-            profile=cfg.synthesizer.profile, steps=cfg.synthesizer.steps, resume="auto"))
-        synthetic = synthesize_flow(SynthesizeParams(workspace=ws, model=cfg.synthesizer.name + sfx,
-                                                     masks=cfg.masks.name + sfx, name=cfg.synthesis.name + sfx,
-                                                     backend=cfg.synthesizer.backend, config=cfg.synthesis.config))
-        scores = evaluate_synthesis_flow(SynthesisEvalParams(real=real_name, synthetic=cfg.synthesis.name + sfx,
-                                                             workspace=ws, config=cfg.evaluation.config))
+        models, parts, all_scores = {}, {}, {}
+        for gen in cfg.generators:
+            models[gen.arm] = train_synthesizer_flow(TrainSynthesizerParams(
+                workspace=ws, dataset=real_name, name=gen.name + sfx, backend=gen.backend, profile=gen.profile,
+                steps=gen.steps, resume="auto"))
+            parts[gen.arm] = cfg.synthetic_name(gen, sfx)
+            synthetic = synthesize_flow(SynthesizeParams(workspace=ws, model=gen.name + sfx, masks=cfg.masks.name + sfx,
+                                                         name=parts[gen.arm], backend=gen.backend,
+                                                         config=cfg.synthesis.config))
+            all_scores[gen.arm] = evaluate_synthesis_flow(SynthesisEvalParams(
+                real=real_name, synthetic=parts[gen.arm], workspace=ws, config=cfg.evaluation.config))
+        model, scores = next(iter(models.values())), next(iter(all_scores.values()))
+        synthetic_name = cfg.synthesis.name + sfx
+        if len(parts) > 1:  # one dataset holding every synthesizer's cases: the ablation crosses them
+            run_cached(combine_synthetic_task, [Path(ws) / "datasets" / synthetic_name / "dataset.json"], workspace=ws,
+                       name=synthetic_name, parts=parts,
+                       digests={a: open_dataset(ws, n).manifest_digest for a, n in parts.items()})
+            logger.info("%s: the synthetic cases of %s, crossed in one ablation", synthetic_name, ", ".join(parts))
+        synthesis_metrics = {f"{arm}_{k}" if len(parts) > 1 else k: v for arm, sc in all_scores.items()
+                             for k, v in _synthesis_metrics(sc["csv"]).items()}
         if fraction == max(cfg.ablation.real_fractions):  # the arm with the most real data is the one shared
             exports = {}
             if cfg.export.brats:
                 exports["brats"] = export_flow(ExportParams(
-                    workspace=ws, dataset=cfg.synthesis.name + sfx, format="brats",
+                    workspace=ws, dataset=synthetic_name, format="brats",
                     out=str(Path(ws) / "exports" / f"{cfg.synthesis.name}{sfx}-brats")))
             if cfg.export.nnunet:
-                exports["nnunet"] = export_flow(ExportParams(workspace=ws, dataset=cfg.synthesis.name + sfx,
+                exports["nnunet"] = export_flow(ExportParams(workspace=ws, dataset=synthetic_name,
                                                              format="nnunet",
                                                              out=str(Path(ws) / "exports" / "nnunet_raw")))
             first = {"masks": masks, "synthetic": synthetic, "scores": scores, "model": model, "exports": exports}
         ablation = ablation_flow.with_options(task_runner=make_task_runner(cfg.runner))(AblationParams(
-            workspace=ws, name=cfg.ablation.name + sfx, real=real_name, synthetic=cfg.synthesis.name + sfx,
-            config=cfg.ablation.config, segmenters=cfg.ablation.segmenters,
-            synthesis_metrics=_synthesis_metrics(scores["csv"])))
+            workspace=ws, name=cfg.ablation.name + sfx, real=real_name, synthetic=synthetic_name,
+            config=cfg.ablation.config, segmenters=cfg.ablation.segmenters, synthesis_metrics=synthesis_metrics))
         arms.append({"fraction": fraction, "real": real_name, "ablation": cfg.ablation.name + sfx,
-                     "synthesis_scores": scores["csv"], "summary_csv": ablation["summary_csv"],
+                     "synthesis_scores": scores["csv"],
+                     "synthesis_scores_by_synthesizer": {a: sc["csv"] for a, sc in all_scores.items()},
+                     "summary_csv": ablation["summary_csv"],
                      "effect_csv": ablation["effect_csv"], "effect_lines": ablation["effect_lines"],
                      "plot": ablation["plot"], "parent_run_id": ablation["parent_run_id"], "table": ablation["table"]})
     main = arms[0]

@@ -62,6 +62,12 @@ class SynthesizerStage(BaseModel):
     profile: str = Field("cpu-demo", validate_default=True, description="a profile of the backend (ddpm: "
                          "configs/synthesizer/<name>.yaml) or a YAML file path")
     steps: int | None = Field(None, ge=1)
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description="how tables and MLflow name "
+                              "this synthesizer when several are crossed (default: its backend)")
+
+    @property
+    def arm(self) -> str:
+        return self.label or self.backend
 
     @field_validator("profile")
     @classmethod
@@ -127,11 +133,42 @@ class PipelineConfig(BaseModel):
     data: DataStage
     masks: MasksStage = MasksStage()
     synthesizer: SynthesizerStage = SynthesizerStage()
+    synthesizers: tuple[SynthesizerStage, ...] = Field(
+        (), description="several synthesizers crossed in one ablation (instead of `synthesizer`): each trains its own "
+        "model on the same real cases and writes its own synthetic set from the same masks; the ablation runs every "
+        "ratio once per synthesizer against one shared real-only baseline")
     synthesis: SynthesisStage = SynthesisStage()
     evaluation: EvaluationStage = EvaluationStage()
     export: ExportStage = ExportStage()
     ablation: AblationStage = AblationStage()
     runner: RunnerConfig = RunnerConfig()
+
+    @field_validator("synthesizers")
+    @classmethod
+    def _distinct(cls, v: tuple[SynthesizerStage, ...]) -> tuple[SynthesizerStage, ...]:
+        if len(v) == 1:
+            raise ValueError("crosses several synthesizers: list at least two (or use `synthesizer` for one)")
+        for what, values in (("name", [s.name for s in v]), ("label (default: the backend)", [s.arm for s in v])):
+            if len(set(values)) != len(values):
+                raise ValueError(f"every entry needs its own {what}; found {values}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_name_synthesizers(self) -> PipelineConfig:
+        if self.synthesizers and "synthesizer" in self.model_fields_set:
+            raise ValueError("give either `synthesizer` (one) or `synthesizers` (several crossed), not both")
+        return self
+
+    @property
+    def generators(self) -> tuple[SynthesizerStage, ...]:
+        """The synthesizers the pipeline trains: ``synthesizers``, or the one ``synthesizer``."""
+        return self.synthesizers or (self.synthesizer,)
+
+    def synthetic_name(self, stage: SynthesizerStage, suffix: str = "") -> str:
+        """The synthetic dataset ``stage`` writes: ``synthesis.name``, or ``<synthesis.name>-<label>`` when
+        several are crossed (their combination then takes ``synthesis.name``)."""
+        base = self.synthesis.name if not self.synthesizers else f"{self.synthesis.name}-{stage.arm}"
+        return base + suffix
 
 
 class ConfigError(InputError):

@@ -34,3 +34,12 @@ def synthesize_task(workspace: str, backend: str, model: str, model_digest: str,
     # model_digest (the weights) and the masks manifest digest key the cache
     _show_component_progress()
     return summary_dict(get_synthesizer(backend).synthesize(workspace, model, masks, name, config))
+
+
+@task(name="combine-synthetic", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
+def combine_synthetic_task(workspace: str, name: str, parts: dict[str, str], digests: dict[str, str]) -> str:
+    """One synthetic dataset holding every synthesizer's cases (components.synthetic_sets); ``digests``
+    (the parts' manifest digests) key the cache."""
+    from components.synthetic_sets import combine_synthetic
+
+    return combine_synthetic(workspace, name, parts).manifest_digest

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from components.backends import (
+    MASK_SOURCES,
     SEGMENTERS,
     SYNTHESIZERS,
     FittedSegmenter,
@@ -167,12 +168,14 @@ def toy_backends():
 
 # --------------------------------------------------------------------------- registries (fast, no Prefect)
 def test_an_unknown_backend_is_one_sentence_naming_the_known_ones():
-    for get, kind, known in ((get_synthesizer, "synthesizer", "ddpm"), (get_segmenter, "segmenter", "nnunet"),
-                             (get_mask_source, "mask source", "augment")):
+    for get, kind, registry, builtin in ((get_synthesizer, "synthesizer", SYNTHESIZERS, {"ddpm", "ldm", "sbldm"}),
+                                         (get_segmenter, "segmenter", SEGMENTERS, {"nnunet", "segresnet"}),
+                                         (get_mask_source, "mask source", MASK_SOURCES, {"augment"})):
+        assert builtin <= set(registry.names())
         with pytest.raises(InputError) as err:
             get("nope")
         msg = str(err.value)
-        assert msg == f"unknown {kind} backend 'nope': known {kind} backends are {known}"
+        assert msg == f"unknown {kind} backend 'nope': known {kind} backends are {', '.join(registry.names())}"
 
 
 def test_a_name_is_registered_once_unless_replaced(toy_backends):
@@ -180,7 +183,7 @@ def test_a_name_is_registered_once_unless_replaced(toy_backends):
         register_synthesizer("toy", ToySynthesizer)
     register_synthesizer("toy", ToySynthesizer, replace=True)
     assert isinstance(get_synthesizer("toy"), ToySynthesizer)
-    assert SYNTHESIZERS.names() == ["ddpm", "toy"]
+    assert "toy" in SYNTHESIZERS.names() and SYNTHESIZERS.names() == sorted(SYNTHESIZERS.names())
 
 
 def _config_file(tmp_path: Path, **stages: Any) -> Path:
@@ -194,10 +197,13 @@ def test_the_pipeline_config_refuses_an_unknown_backend_before_anything_runs(tmp
 
     with pytest.raises(ConfigError) as err:
         load_config(_config_file(tmp_path, synthesizer={"backend": "nope"}))
+    from components.backends import SYNTHESIZERS
+
+    assert "toy" in SYNTHESIZERS.names() and "ddpm" in SYNTHESIZERS.names()
     assert str(err.value) == (f"{tmp_path / 'c.yaml'}: key synthesizer.backend: found 'nope': unknown synthesizer "
-                              f"backend 'nope': known synthesizer backends are ddpm, toy")
-    with pytest.raises(ConfigError, match="key ablation.segmenters: .*unknown segmenter backend 'segresnet'"):
-        load_config(_config_file(tmp_path, ablation={"segmenters": ["nnunet", "segresnet"]}))
+                              f"backend 'nope': known synthesizer backends are {', '.join(SYNTHESIZERS.names())}")
+    with pytest.raises(ConfigError, match="key ablation.segmenters: .*unknown segmenter backend 'unet9'"):
+        load_config(_config_file(tmp_path, ablation={"segmenters": ["nnunet", "unet9"]}))
     with pytest.raises(ConfigError, match="key masks.source: .*unknown mask source backend 'draw'"):
         load_config(_config_file(tmp_path, masks={"source": "draw"}))
     # the profile is the named backend's: the toy's own check answers
@@ -276,7 +282,7 @@ def test_one_ablation_crosses_two_segmenters(toy_workspace):
     assert list(zip(effect["segmenter"], effect["ratio"], strict=True)) == [
         ("thr-a", 0.0), ("thr-a", 1.0), ("thr-b", 0.0), ("thr-b", 1.0)]
     assert effect.loc[effect["ratio"] == 0, "delta_dice_WT"].eq(0).all()  # each paired with its own baseline
-    assert "segmenter thr-b:" in out["effect_lines"]
+    assert "thr-b:" in out["effect_lines"]
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(ws))
     parent = client.get_run(out["parent_run_id"])
     assert parent.data.params["segmenters"] == "['thr-a', 'thr-b']"
@@ -286,6 +292,79 @@ def test_one_ablation_crosses_two_segmenters(toy_workspace):
         ("thr-a-r0-s0", "thr-a"), ("thr-a-r1-s0", "thr-a"), ("thr-b-r0-s0", "thr-b"), ("thr-b-r1-s0", "thr-b")}
     mix = json.loads((ws / "ablations" / "cross" / "thr-b-r1-s0" / "mix.json").read_text())
     assert mix["segmenter"] == "thr-b" and mix["threshold_k"] == 1.5
+
+
+def test_one_ablation_crosses_two_synthesizers_against_one_real_only_baseline(toy_workspace):
+    import mlflow
+
+    from components.ablation import AblationConfig, LeakError
+    from components.synthetic_sets import combine_synthetic
+    from components.tracking import tracking_uri
+    from flows.ablation import AblationParams, ablation_flow, check_ablation
+    from flows.synthesis import SynthesizeParams, synthesize_flow
+
+    ws, _, _ = toy_workspace
+    synthesize_flow(SynthesizeParams(workspace=str(ws), model="toy-model", masks="masks", name="toy-syn-b",
+                                     backend="toy", config={"seed": 7}))
+    both = combine_synthetic(ws, "both", {"toy": "toy-syn", "toyb": "toy-syn-b"})
+    parts = {n: open_dataset(ws, n) for n in ("toy-syn", "toy-syn-b")}
+    assert len(both.manifest) == sum(len(d.manifest) for d in parts.values())
+    assert set(both.manifest["synthesizer"]) == {"toy", "toyb"} and both.info["synthesizers"] == ["toy", "toyb"]
+    cid = "toyb-" + parts["toy-syn-b"].manifest["case_id"].iloc[0]  # ids get the label: the parts share theirs
+    assert np.array_equal(load_nifti(both.path(cid, "t1n"))[0],
+                          load_nifti(parts["toy-syn-b"].path(cid.removeprefix("toyb-"), "t1n"))[0])
+    assert both.info["generator_train_cases"] == parts["toy-syn"].info["generator_train_cases"]
+
+    cfg = AblationConfig(ratios=(0, 1), seeds=(0, 1), schedule="tiny", bootstrap_resamples=200, montage_cases=0)
+    _, _, plans = check_ablation(AblationParams(workspace=str(ws), real="real", synthetic="both", config=cfg))
+    assert [p.name for p in plans] == ["r0-s0", "toy-r1-s0", "toyb-r1-s0", "r0-s1", "toy-r1-s1", "toyb-r1-s1"]
+    for p in plans:  # each synthesizer's configurations take its own cases only
+        arm = set(both.manifest.set_index("case_id").loc[list(p.synthetic_ids), "synthesizer"])
+        assert arm == ({p.synthesizer} if p.ratio else set())
+    # a generator that learnt from a test case is refused through the combined set too
+    leaky = parts["toy-syn-b"].info["generator_train_cases"] + open_dataset(ws, "real").ok_cases("test")[
+        "case_id"].tolist()[:1]
+    info = json.loads((parts["toy-syn-b"].root / "dataset.json").read_text())
+    (parts["toy-syn-b"].root / "dataset.json").write_text(json.dumps({**info, "generator_train_cases": leaky}))
+    combine_synthetic(ws, "both-leaky", {"toy": "toy-syn", "toyb": "toy-syn-b"})
+    with pytest.raises(LeakError, match="learnt from test-split cases"):
+        check_ablation(AblationParams(workspace=str(ws), real="real", synthetic="both-leaky", config=cfg))
+
+    out = ablation_flow(AblationParams(workspace=str(ws), name="cross-syn", real="real", synthetic="both",
+                                       segmenters=("thr-a", "thr-b"), config=cfg))
+    assert out["n_ok"] == 12 and out["n_failed"] == 0
+    effect = pd.read_csv(out["effect_csv"], keep_default_na=False)
+    assert sorted(zip(effect["segmenter"], effect["synthesizer"], effect["ratio"], strict=True)) == sorted(
+        (s, a, r) for s in ("thr-a", "thr-b") for a in ("toy", "toyb") for r in (0.0, 1.0))
+    # both synthesizers of a segmenter are paired against the same real-only runs
+    base = effect[effect["ratio"] == 0].groupby("segmenter")["dice_WT"].nunique()
+    assert (base == 1).all()
+    summary = pd.read_csv(out["summary_csv"], keep_default_na=False)
+    assert {"segmenter", "synthesizer", "delta_dice_WT"} <= set(summary.columns)
+    assert set(summary.loc[summary["ratio"] == 0, "synthesizer"]) == {""}
+    assert "thr-a toyb:" in out["effect_lines"]
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(ws))
+    parent = client.get_run(out["parent_run_id"])
+    assert "effect_thr-b_toyb_r1_delta_dice_WT" in parent.data.metrics
+    assert "from synthesizers `toy`, `toyb`" in parent.data.tags["mlflow.note.content"]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {(r.data.params["segmenter"], r.data.params["synthesizer"]) for r in children} == {
+        (s, a) for s in ("thr-a", "thr-b") for a in ("none", "toy", "toyb")}
+
+
+def test_a_pipeline_config_crosses_synthesizers_by_label(tmp_path, toy_backends):
+    from flows.pipeline_config import ConfigError, load_config
+
+    two = [{"name": "m-a", "backend": "toy", "profile": "default"},
+           {"name": "m-b", "backend": "toy", "profile": "default", "label": "toy2"}]
+    cfg = load_config(_config_file(tmp_path, synthesizers=two))
+    assert [g.arm for g in cfg.generators] == ["toy", "toy2"]
+    assert [cfg.synthetic_name(g) for g in cfg.generators] == ["synthetic-toy", "synthetic-toy2"]
+    with pytest.raises(ConfigError, match=r"key synthesizers: .*own label .*\['toy', 'toy'\]"):
+        load_config(_config_file(tmp_path, synthesizers=[two[0], {**two[1], "label": None}]))
+    with pytest.raises(ConfigError, match="either `synthesizer` .* or `synthesizers`"):
+        load_config(_config_file(tmp_path, synthesizers=two, synthesizer=two[0]))
+    assert load_config(_config_file(tmp_path)).generators[0].backend == "ddpm"
 
 
 # --------------------------------------------------------------------------- the whole pipeline

@@ -37,7 +37,10 @@ DEFAULT_MASK_SOURCE = "augment"
 
 # ----- the registry lines: one per built-in backend
 SYNTHESIZERS.register("ddpm", lazy("components.backends.ddpm", "DdpmSynthesizer"))
+SYNTHESIZERS.register("ldm", lazy("components.backends.ldm", "LdmSynthesizer"))
+SYNTHESIZERS.register("sbldm", lazy("components.backends.sbldm", "SbldmSynthesizer"))
 SEGMENTERS.register("nnunet", lazy("components.backends.nnunet", "NnunetSegmenter"))
+SEGMENTERS.register("segresnet", lazy("components.backends.segresnet", "SegresnetSegmenter"))
 MASK_SOURCES.register("augment", lazy("components.backends.augment", "AugmentMasks"))
 
 

@@ -1,7 +1,8 @@
 """Metrics (docs/design.md §5): overlap/surface scores, BraTS lesion-wise scores, FID/KID/MS-SSIM.
 
 One naming scheme for MLflow and CSVs: ``dice_<region>``, ``hd95_<region>_mm``, ``assd_<region>_mm``,
-``lw_dice_<region>``, ``lw_hd95_<region>`` (region names as in the label scheme, e.g. ``dice_WT``) and
+``lw_dice_<region>``, ``lw_hd95_<region>`` (with preset brats2025: ``dice_``, ``hd95_<region>_mm``,
+``nsd_<region>``, ``pq_<region>``) (region names as in the label scheme, e.g. ``dice_WT``) and
 ``fid2d_<modality>``, ``kid_<modality>``, ``fd_rand3d_<modality>``, ``msssim_fidelity_<modality>``,
 ``msssim_diversity_<modality>`` (plus ``msssim_diversity_samemask_``, ``msssim_realreal_``,
 ``psnr_brain_``, ``ssim_brain_``).
@@ -21,6 +22,9 @@ SEGMENTATION_METRICS = {
     "assd": "assd_{region}_mm",
     "lw_dice": "lw_dice_{region}",
     "lw_hd95": "lw_hd95_{region}",
+    # preset brats2025 only (components.metrics.panoptic); the other presets' tables have no such columns
+    "nsd": "nsd_{region}",
+    "pq": "pq_{region}",
 }
 
 

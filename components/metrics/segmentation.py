@@ -2,7 +2,9 @@
 the folders and datasets it reads, and the report.
 
 Each region gets the whole-region Dice, HD95 and ASSD of ``surface`` and the BraTS lesion-wise Dice
-and HD95 of ``lesionwise``. Arrays are (X, Y, Z) label maps on one grid; spacing is in mm per axis.
+and HD95 of ``lesionwise`` (presets ``brats2023``, ``brats2024``), or, with preset ``brats2025``, the
+panoptica scores of ``panoptic`` (global Dice/HD95/NSD, PQ/SQ/RQ, lesion counts). Arrays are (X, Y, Z)
+label maps on one grid; spacing is in mm per axis.
 Regions come from the label scheme (``data_catalog/label_schemes.yaml``), never from literals here.
 """
 
@@ -25,6 +27,7 @@ from components.config_base import FrozenModel
 from components.errors import InputError
 from components.io import NIFTI_RE
 from components.metrics.lesionwise import LesionwiseConfig, lesionwise_preset, lesionwise_scores
+from components.metrics.panoptic import PANOPTIC_COLUMNS, PanopticConfig, panoptic_preset, panoptic_scores
 from components.metrics.surface import LEGACY_PENALTY_MM, overlap_scores
 from components.progress import tqdm
 from data_catalog import LabelScheme, load_label_scheme
@@ -48,10 +51,32 @@ class SegmentationEvalConfig(FrozenModel):
     )
     percentile: float = Field(95.0, gt=0.0, le=100.0, description="robust Hausdorff percentile")
     workers: int = Field(2, ge=1, description="cases scored in parallel")
+    panoptic: PanopticConfig | None = Field(
+        None, description="score with panoptica (preset brats2025) instead of the legacy and lesion-wise scores"
+    )
+
+    @property
+    def preset(self) -> str:
+        return self.panoptic.preset if self.panoptic is not None else self.lesionwise.preset
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns of the per-case table this config produces."""
+        return PANOPTIC_CSV_COLUMNS if self.panoptic is not None else CSV_COLUMNS
 
     @classmethod
     def from_preset(cls, label_scheme: str, preset: str = "brats2023", **kw: Any) -> SegmentationEvalConfig:
+        if preset in PANOPTIC_PRESETS:
+            return cls(label_scheme=label_scheme, panoptic=panoptic_preset(preset), **kw)
+        if preset not in LESIONWISE_PRESETS:
+            raise SegmentationError(
+                f"unknown scoring preset {preset!r}: expected one of {', '.join(LESIONWISE_PRESETS + PANOPTIC_PRESETS)}"
+            )
         return cls(label_scheme=label_scheme, lesionwise=lesionwise_preset(preset), **kw)
+
+
+LESIONWISE_PRESETS = ("brats2023", "brats2024")
+PANOPTIC_PRESETS = ("brats2025",)
 
 
 # --------------------------------------------------------------------------- regions
@@ -65,7 +90,8 @@ def score_case(
     pred_seg: np.ndarray, gt_seg: np.ndarray, spacing: Sequence[float], cfg: SegmentationEvalConfig,
     case_id: str = "",
 ) -> list[dict[str, Any]]:
-    """One row per region of ``cfg.label_scheme``: legacy Dice/HD95/ASSD and lesion-wise Dice/HD95.
+    """One row per region of ``cfg.label_scheme``: legacy Dice/HD95/ASSD and lesion-wise Dice/HD95, or with
+    ``cfg.panoptic`` the panoptica scores (``PANOPTIC_CSV_COLUMNS``).
 
     pred_seg, gt_seg: (X, Y, Z) integer label maps in the same label scheme and on the same grid.
     """
@@ -78,6 +104,14 @@ def score_case(
     voxel_mm3 = float(np.prod(spacing))
     rows = []
     pred_regions, gt_regions = region_masks(pred_seg, scheme), region_masks(gt_seg, scheme)
+    if cfg.panoptic is not None:
+        scores = panoptic_scores(pred_seg, gt_seg, spacing, scheme, cfg.panoptic)
+        return [{
+            "case_id": case_id, "region": region, **scores[region],
+            "gt_volume_mm3": float(np.count_nonzero(gt_regions[region])) * voxel_mm3,
+            "pred_volume_mm3": float(np.count_nonzero(pred_regions[region])) * voxel_mm3,
+            "preset": cfg.panoptic.preset,
+        } for region in scheme.regions]
     for region in scheme.regions:
         p, g = pred_regions[region], gt_regions[region]
         legacy = overlap_scores(p, g, spacing, cfg.legacy_penalty_mm, cfg.percentile)
@@ -96,6 +130,7 @@ def score_case(
 SEG_SUFFIX_RE = re.compile(r"[-_]seg$")
 CSV_COLUMNS = ["case_id", "region", "dice", "hd95", "assd", "lw_dice", "lw_hd95", "lw_n_gt", "lw_n_tp", "lw_n_fn",
                "lw_n_fp", "gt_volume_mm3", "pred_volume_mm3", "preset"]
+PANOPTIC_CSV_COLUMNS = ["case_id", "region", *PANOPTIC_COLUMNS, "gt_volume_mm3", "pred_volume_mm3", "preset"]
 
 
 def case_id_of(path: Path) -> str:
@@ -164,9 +199,13 @@ def _check_labels(arr: np.ndarray, scheme: LabelScheme, case_id: str, role: str,
         )
 
 
-def score_pair(pred_path: Path, gt_path: Path, case_id: str, cfg: SegmentationEvalConfig) -> list[dict[str, Any]]:
-    """Load one prediction and its ground truth, check them, and score every region."""
-    scheme = load_label_scheme(cfg.label_scheme)
+def load_pair(
+    pred_path: Path, gt_path: Path, case_id: str, scheme: LabelScheme,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Load one prediction and its ground truth and check them: (pred, gt, ground-truth spacing in mm).
+
+    Both must be 3-D integer label maps of ``scheme`` on one grid; anything else raises SegmentationError.
+    """
     gt, gt_aff, spacing = _load_seg(gt_path, case_id, "ground-truth")
     pred, pred_aff, pred_spacing = _load_seg(pred_path, case_id, "prediction")
     if pred.shape != gt.shape:
@@ -179,12 +218,18 @@ def score_pair(pred_path: Path, gt_path: Path, case_id: str, cfg: SegmentationEv
                     case_id, pred_spacing, spacing)
     _check_labels(gt, scheme, case_id, "ground-truth", gt_path)
     _check_labels(pred, scheme, case_id, "prediction", pred_path)
+    return pred, gt, spacing
+
+
+def score_pair(pred_path: Path, gt_path: Path, case_id: str, cfg: SegmentationEvalConfig) -> list[dict[str, Any]]:
+    """Load one prediction and its ground truth, check them, and score every region."""
+    pred, gt, spacing = load_pair(pred_path, gt_path, case_id, load_label_scheme(cfg.label_scheme))
     return score_case(pred, gt, spacing, cfg, case_id)
 
 
 @dataclass
 class SegmentationReport:
-    table: pd.DataFrame  # one row per case and region (CSV_COLUMNS)
+    table: pd.DataFrame  # one row per case and region (CSV_COLUMNS, or PANOPTIC_CSV_COLUMNS for brats2025)
     problems: list[dict[str, str]]  # {case_id, file, reason}
     n_cases: int
     seconds: float
@@ -194,8 +239,9 @@ class SegmentationReport:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std per region of dice, hd95, assd, lw_dice, lw_hd95 (regions in table order)."""
-    cols = ["dice", "hd95", "assd", "lw_dice", "lw_hd95"]
+    """Mean and std per region of dice, hd95, assd, lw_dice, lw_hd95, plus nsd, pq, sq, rq when the table has
+    them (brats2025); a column the table lacks is NaN (regions in table order)."""
+    cols = ["dice", "hd95", "assd", "lw_dice", "lw_hd95", *[c for c in ("nsd", "pq", "sq", "rq") if c in table]]
     if table.empty:
         return pd.DataFrame(columns=["region", "n", *[f"{c}_{s}" for c in cols for s in ("mean", "std")]])
     regions = list(dict.fromkeys(table["region"]))
@@ -204,8 +250,10 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         t = table[table["region"] == r]
         row: dict[str, Any] = {"region": r, "n": len(t)}
         for c in cols:
-            row[f"{c}_mean"] = float(t[c].mean())
-            row[f"{c}_std"] = float(t[c].std(ddof=0))
+            v = pd.to_numeric(t[c]) if c in t else pd.Series([np.nan] * len(t), dtype=float)
+            row[f"{c}_mean"] = float(v.mean())
+            with np.errstate(invalid="ignore"):  # brats2025 HD95 can be inf: its std is NaN
+                row[f"{c}_std"] = float(v.std(ddof=0))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -236,7 +284,7 @@ def evaluate_pairs(
                 log.warning("%s", out["reason"])
             else:
                 rows.extend(out)
-    table = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    table = pd.DataFrame(rows, columns=cfg.columns)
     n_cases = int(table["case_id"].nunique()) if len(table) else 0
     return SegmentationReport(table=table, problems=problems, n_cases=n_cases, seconds=time.perf_counter() - t0)
 

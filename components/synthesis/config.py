@@ -62,6 +62,10 @@ class NetworkConfig(FrozenModel):
     num_head_channels: int | tuple[int, ...] = 64
     norm_num_groups: int = 32
     use_flash_attention: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the U-Net's down, middle and up blocks in the backward pass instead of "
+        "keeping their activations (torch.utils.checkpoint): less training memory for about one more forward "
+        "pass; the weights and outputs are the same, so it is left out of the model digest")
 
     @model_validator(mode="after")
     def _check(self) -> NetworkConfig:
@@ -146,8 +150,8 @@ class SampleConfig(FrozenModel):
     The default is DDIM with eta 1: on the demo model it matched the 1000-step DDPM reference on every
     score at ~18x the speed, while eta 0 was noisier (docs/benchmarks.md, ``bench/sampling_quality.py``)."""
 
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = Field(50, ge=1, description="DDIM steps (the DDPM reference always runs all T)")
+    sampler: Literal["ddim", "dpmpp2m", "ddpm"] = "ddim"
+    steps: int = Field(50, ge=1, description="DDIM or DPM-Solver++(2M) steps (the DDPM reference always runs all T)")
     eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM noise weight: 0 deterministic given the initial "
                        "noise, 1 the DDPM-like posterior noise (what matched the 1000-step reference)")
     batch: int = Field(1, ge=1, description="volumes sampled together")
@@ -190,6 +194,7 @@ class SynthesizerConfig(FrozenModel):
             d["train"].pop("steps")
         if d["diffusion"]["prior"] == "none":  # added later: without it, a model trained before keeps its digest
             d["diffusion"].pop("prior")
+        d["network"].pop("gradient_checkpointing")  # memory, not the model: same weights with or without it
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -200,9 +205,11 @@ class SynthesizeConfig(FrozenModel):
     config.json); a value given here overrides it. The values used are recorded in the synthetic
     dataset (``components.synthesis.sampling.resolve_sampling``)."""
 
-    sampler: Literal["ddim", "ddpm"] | None = Field(
-        None, description="ddim or ddpm (the full-length reference); None: the model's own (its profile's sample block)")
-    steps: int | None = Field(None, ge=1, description="DDIM steps; None: the model's sample.steps (DDPM: always T)")
+    sampler: Literal["ddim", "dpmpp2m", "ddpm"] | None = Field(
+        None, description="ddim, dpmpp2m (DPM-Solver++(2M), deterministic) or ddpm (the full-length reference); "
+        "None: the model's own (its profile's sample block)")
+    steps: int | None = Field(None, ge=1, description="DDIM or DPM-Solver++(2M) steps; None: the model's "
+                              "sample.steps (DDPM: always T)")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM noise weight (0 is deterministic given the "
                               "initial noise); None: the model's sample.eta. DDPM has none")
     seed: int = Field(0, ge=0, description="run seed; each case's own seed is recorded in the manifest")

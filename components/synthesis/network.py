@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from components.devices import resolve_device as _resolve_device
 from components.synthesis.config import DiffusionConfig, NetworkConfig, SynthesisError
@@ -59,6 +60,30 @@ class EDMPreconditioned(torch.nn.Module):
         return c_skip * x_t + c_out * self.unet(inner, timesteps=timesteps, context=context)
 
 
+def _checkpointed_forward(self: torch.nn.Module, *args, **kwargs):
+    """The block's own forward under ``torch.utils.checkpoint`` while gradients are on (training);
+    a plain call otherwise (sampling, EMA), where there is nothing to save."""
+    forward = type(self).forward
+    if torch.is_grad_enabled() and self.training:
+        return checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
+    return forward(self, *args, **kwargs)
+
+
+def enable_gradient_checkpointing(unet: torch.nn.Module) -> torch.nn.Module:
+    """Recompute each down, middle and up block of MONAI's ``DiffusionModelUNet`` in the backward pass.
+
+    MONAI 1.6's DiffusionModelUNet has no checkpointing option (its AutoencoderKL has ``use_checkpoint``),
+    so each block's ``forward`` is rebound to :func:`_checkpointed_forward`. The blocks stay where they
+    are, so the state-dict keys (checkpoints, ema.pt) are those of the plain network; the rebinding is a
+    bound method on the block, so ``copy.deepcopy`` (the EMA) binds it to the copy.
+    """
+    import types
+
+    for block in (*unet.down_blocks, unet.middle_block, *unet.up_blocks):
+        block.forward = types.MethodType(_checkpointed_forward, block)
+    return unet
+
+
 def prior_channels(diffusion: DiffusionConfig | None) -> int:
     """Conditioning channels the prior adds after the one-hot mask: 4 (one mean image per modality) or 0."""
     return N_MODALITIES if diffusion is not None and diffusion.prior != "none" else 0
@@ -69,7 +94,8 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
     """``DiffusionModelUNet`` (3-D) taking the noisy 4-modality image concatenated with the one-hot
     mask (4 + C channels; + 4 prior channels with ``diffusion.prior``) and predicting the noise of the
     4 modalities (Med-DDPM's conditioning); wrapped in :class:`EDMPreconditioned` when
-    ``diffusion.precondition == "edm"``.
+    ``diffusion.precondition == "edm"``; with ``cfg.gradient_checkpointing`` its blocks are recomputed
+    in the backward pass (:func:`enable_gradient_checkpointing`).
 
     Weights are initialised from ``seed`` without touching the caller's global RNG state.
     """
@@ -86,6 +112,8 @@ def build_network(cfg: NetworkConfig, n_condition: int, seed: int = 0,
             )
         except ValueError as err:
             raise SynthesisError(f"network settings rejected by MONAI's DiffusionModelUNet: {err}") from err
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(net)
     if diffusion is not None and diffusion.precondition == "edm":
         return EDMPreconditioned(net, build_scheduler(diffusion).alphas_cumprod, diffusion.sigma_data, N_MODALITIES,
                                  prior_channels(diffusion))
@@ -103,7 +131,8 @@ def build_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
         return DDPMScheduler(variance_type="fixed_small", **common)
     if kind == "ddim":
         return DDIMScheduler(**common)
-    raise SynthesisError(f"unknown sampler {kind!r}: use 'ddim' or 'ddpm'")
+    raise SynthesisError(f"unknown MONAI scheduler {kind!r}: use 'ddim' or 'ddpm' (dpmpp2m is "
+                         f"components.synthesis.sampling.DPMSolverPP2M)")
 
 
 def place_network(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -290,7 +290,7 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
         workspace, name, manifest, mds, label_scheme=tm.scheme.name,
         config={**cfg.model_dump(mode="json"), "steps": steps},
         model=model, model_digest=tm.digest, generator_dataset=tm.card.get("dataset"),
-        generator_train_cases=tm.card.get("train_cases"),
+        generator_train_cases=tm.card.get("train_cases"), synthesizer="ddpm",
         note="Synthetic cases from a mask-conditioned diffusion model; quality_score ranks them (1 = tissue "
              "statistics of the training data).",
         model_step=tm.step, model_profile=tm.config.profile, sampler=cfg.sampler, steps=steps, eta=cfg.eta,
