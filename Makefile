@@ -4,13 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 WS     ?= workspace
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
+# keyed on the pins and on the install recipe below: a changed --no-deps line reinstalls too
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt Makefile | sha256sum | cut -c1-12)
 
 .PHONY: setup demo compare demo-ingest test test-slow lint bench clean-workspace dashboard serve lock
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from components.backends import get_synthesizer
 from data_catalog import open_dataset
 from flows.pipeline_config import (  # noqa: F401 - the config's names, re-exported for callers of this module
     AblationStage,
@@ -83,8 +84,12 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                        name=synthetic_name, parts=parts,
                        digests={a: open_dataset(ws, n).manifest_digest for a, n in parts.items()})
             logger.info("%s: the synthetic cases of %s, crossed in one ablation", synthetic_name, ", ".join(parts))
-        synthesis_metrics = {f"{arm}_{k}" if len(parts) > 1 else k: v for arm, sc in all_scores.items()
-                             for k, v in _synthesis_metrics(sc["csv"]).items()}
+        by_arm = {arm: _synthesis_metrics(sc["csv"]) for arm, sc in all_scores.items()}
+        for gen in cfg.generators:  # a backend's own scores of its set (sbldm: controllability, mask pass rate)
+            own = getattr(get_synthesizer(gen.backend), "dataset_metrics", None)
+            if own is not None:
+                by_arm[gen.arm].update(own(ws, parts[gen.arm]))
+        synthesis_metrics = {f"{arm}_{k}" if len(parts) > 1 else k: v for arm, m in by_arm.items() for k, v in m.items()}
         if fraction == max(cfg.ablation.real_fractions):  # the arm with the most real data is the one shared
             exports = {}
             if cfg.export.brats:

@@ -120,6 +120,10 @@ class Synthesizer(Protocol):
                    config: SynthesizeConfig) -> DatasetSummary:
         """Write and register the synthetic dataset ``name``: ``config.samples_per_mask`` cases per ok mask."""
 
+    # Optional: ``dataset_metrics(workspace, name) -> dict[str, float]``, scores of a written dataset
+    # that only this backend can compute (sbldm: controllability errors and the mask pass rate); the
+    # pipeline logs them on the ablation's parent run beside FID/KID/MS-SSIM.
+
 
 @dataclasses.dataclass(frozen=True)
 class FittedSegmenter:

@@ -50,3 +50,10 @@ class SbldmSynthesizer:
         from components.sbldm.sampling import synthesize_dataset
 
         return synthesize_dataset(workspace, model, masks, name, config)
+
+    def dataset_metrics(self, workspace: str | Path, name: str) -> dict[str, float]:
+        """What a written dataset adds to FID/KID/MS-SSIM on MLflow: the controllability errors
+        (``ctrl_err_<feature>``) and the generated masks' plausibility pass rate (``mask_pass_rate``)."""
+        from components.sbldm.features import controllability_metrics
+
+        return controllability_metrics(workspace, name)
