@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from components.export import cases_from_dataset  # noqa: E402
 from components.metrics.segmentation import SegmentationEvalConfig, evaluate_pairs  # noqa: E402
 from components.phantom import PhantomConfig, make_phantom  # noqa: E402
 from components.segmentation import nnunet, segresnet  # noqa: E402
-from data_catalog import open_dataset  # noqa: E402
+from data_catalog import MODALITIES, open_dataset  # noqa: E402
 
 
 def _dice(tests, preds, scheme: str) -> dict[str, float]:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = AblationConfig(ratios=(0.0,), seeds=(args.seed,), schedule=args.schedule)
     plan = plan_mixes(real, None, cfg, ("nnunet",))[0]
     tests = held_out_cases(plan, real)
-    test_files = {c.case_id: [c.files[m] for m in ("t1n", "t1c", "t2w", "t2f")] for c in tests}
+    test_files = {c.case_id: [c.files[m] for m in MODALITIES] for c in tests}
 
     # the same length for both: nnU-Net's iterations per epoch, epochs to fill --iterations
     nn_base = nnunet.SCHEDULES[args.schedule]
@@ -95,7 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     model_dir = ws / "bench" / "segresnet"
     t0 = time.perf_counter()
-    cases = {c.case_id: {k: str(v) for k, v in c.files.items()} for c in cases_from_dataset(real, ("train",))}
+    # exactly the plan's training cases, as nnU-Net's fold; a clean folder, so the time is a training's, not a cache hit
+    cases = {c.case_id: {k: str(v) for k, v in c.files.items()} for c in cases_from_dataset(real, ("train",))
+             if c.case_id in plan.train_ids}
+    shutil.rmtree(model_dir, ignore_errors=True)
     trained = segresnet.train(model_dir, cases, scheme, sr_sched, seed=args.seed, label="bench")
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()

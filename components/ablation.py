@@ -30,7 +30,7 @@ from components.backends import DEFAULT_SEGMENTER
 from components.config_base import FrozenModel
 from components.errors import InputError
 from components.export import ExportCase, cases_from_dataset, export_nnunet, reserve_dataset_ids
-from components.io import write_json_atomic
+from components.io import atomic_path, write_json_atomic
 from components.segmentation.nnunet import NnunetSchedule, ScheduleName, default_schedule
 from components.synthetic_sets import SYNTHESIZER_COLUMN
 from data_catalog import Dataset
@@ -220,6 +220,15 @@ def plan_mixes(real: Dataset, synthetic: Dataset | None, cfg: AblationConfig,
                 [(r, True) for r in cfg.ratios if r > 0] if cfg.synthetic_only else []):
             for arm in (arms if ratio > 0 else [""]):  # the real-only baseline is shared by every synthesizer
                 part = eligible[eligible[SYNTHESIZER_COLUMN].astype(str) == arm] if arm else eligible
+                if cfg.high_quality and ratio > 0 and (
+                        "quality_score" not in part or part["quality_score"].astype(float).isna().any()):
+                    unscored = part["case_id"].tolist() if "quality_score" not in part else part.loc[
+                        part["quality_score"].astype(float).isna(), "case_id"].tolist()
+                    raise AblationError(
+                        f"high_quality: synthetic dataset {synthetic.name if synthetic is not None else '-'!r}"
+                        f"{f' (synthesizer {arm})' if arm else ''}: expected a finite quality_score for every "
+                        f"eligible case, found none for {len(unscored)} (e.g. {unscored[:3]}); drop high_quality "
+                        f"or score the cases")
                 candidates = _candidates(part, seed, cfg.high_quality)
                 want = math.floor(ratio * len(pool) + 0.5)  # half up, not Python's half-to-even
                 if ratio > 0 and want == 0:
@@ -567,8 +576,9 @@ def run_configuration(
                                    f"{(report.problems + extra.problems)[:3]}")
             out_dir.mkdir(parents=True, exist_ok=True)
             per_case = out_dir / "per_case.csv"
-            report.table.to_csv(per_case, index=False)
-            extra.table.to_csv(out_dir / "extra_scores.csv", index=False)
+            for frame, path in ((report.table, per_case), (extra.table, out_dir / "extra_scores.csv")):
+                with atomic_path(path, suffix=".csv") as tmp:
+                    frame.to_csv(tmp, index=False)
             result.per_case_csv = str(per_case)
             metrics = {**segmentation_metric_means(report.table), **extra.metrics}
             result.metrics = metrics
@@ -648,12 +658,13 @@ def by_arm(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     parts = []
     segs = table.groupby("segmenter", sort=False) if "segmenter" in table else [("", table)]
     for seg, seg_part in segs:
-        if "synthesizer" in seg_part:
-            syn = seg_part["synthesizer"].fillna("").astype(str)
-            for arm in [a for a in dict.fromkeys(syn) if a]:
+        syn = seg_part["synthesizer"].fillna("").astype(str) if "synthesizer" in seg_part else None
+        arms = [a for a in dict.fromkeys(syn) if a] if syn is not None else []
+        if arms:
+            for arm in arms:
                 part = seg_part[syn.isin([arm, ""])]
                 parts.append((" ".join(x for x in (str(seg), arm) if x), part.drop(columns=cols)))
-        else:
+        else:  # no crossed synthesizer here, or none of its configurations scored: the baseline alone
             parts.append((str(seg), seg_part.drop(columns=cols)))
     return parts
 
@@ -671,6 +682,8 @@ def arm_effects(per_case: pd.DataFrame, seed: int, n_resamples: int) -> pd.DataF
             values = [v for v in dict.fromkeys(key[c].fillna("").astype(str)) if v]
             effects.insert(i, c, values[0] if values else "")
         parts.append(effects)
+    if not parts:
+        return paired_effects(per_case, seed=seed, n_resamples=n_resamples)
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
@@ -707,11 +720,11 @@ def summary_table(results: list[ConfigResult], effects: pd.DataFrame | None = No
     table = pd.DataFrame(rows)
     if effects is not None and not effects.empty and not table.empty:
         on = [c for c in (*ARM_COLUMNS, "ratio", "synthetic_only") if c in effects]
-        eff = effects.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds") if c in effects])
+        eff = effects.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds", "n_paired_cases") if c in effects])
         if "synthesizer" in eff:  # the baseline row appears once per synthesizer: keep one for the real-only rows
             eff = eff[(eff["ratio"] > 0) | eff["synthetic_only"]]
             base = effects[(effects["ratio"] == 0) & ~effects["synthetic_only"].astype(bool)]
-            base = base.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds") if c in base])
+            base = base.drop(columns=[c for c in ("n_seeds", "n_cases", "paired_seeds", "n_paired_cases") if c in base])
             eff = pd.concat([eff, base.assign(synthesizer="").drop_duplicates(
                 subset=[c for c in on if c != "synthesizer"])], ignore_index=True)
         eff = eff.rename(columns={c: f"{c}_seed_mean" for c in eff.columns
@@ -760,7 +773,6 @@ def dice_vs_ratio_plot(effects: pd.DataFrame, out: Path, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from components.io import atomic_path
 
     fig, (ax, axd) = plt.subplots(1, 2, figsize=(10, 4))
     if effects.empty:  # every configuration failed: an empty, labelled figure, not a crash

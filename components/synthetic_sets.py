@@ -12,6 +12,7 @@ real dataset), so the ablation's leak check covers every generator.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pandas as pd
 from components.errors import InputError
 from data_catalog import (
     MODALITIES,
+    STATUS_OK,
     Dataset,
     dataset_dir,
     dataset_parent_entry,
@@ -56,6 +58,9 @@ def combine_synthetic(workspace: str | Path, name: str, parts: Mapping[str, str]
     if bad:
         raise CombineError(f"combining synthetic datasets into {name!r}: labels {bad} must be letters, digits, '-' "
                            f"and '_'")
+    if name in parts.values():
+        raise CombineError(f"combining synthetic datasets into {name!r}: expected a new name, found it among the parts "
+                           f"{dict(parts)}")
     datasets = {label: open_dataset(workspace, ds) for label, ds in parts.items()}
     schemes = {label: ds.label_scheme.name for label, ds in datasets.items()}
     if len(set(schemes.values())) > 1:
@@ -73,23 +78,32 @@ def combine_synthetic(workspace: str | Path, name: str, parts: Mapping[str, str]
                            f"datasets {sources}; one ablation scores on one real dataset's test split")
     root = dataset_dir(workspace, name)
     rows: list[dict[str, Any]] = []
+    placed: dict[str, set[str]] = {}  # case id -> the file names its folder holds now
     for label, ds in datasets.items():
         for _, r in ds.manifest.iterrows():
             row = r.to_dict()
             cid = f"{label}-{r['case_id']}"
             row.update(case_id=cid, **{SYNTHESIZER_COLUMN: label, "part_case": str(r["case_id"])})
+            placed[cid] = set()
             for key in FILE_KEYS:
                 rel = file_of(r, key)
                 if rel is None:
                     continue
+                src = ds.root / rel
+                if not src.is_file():
+                    if r["status"] == STATUS_OK:
+                        raise CombineError(f"synthetic dataset {ds.name!r} ({ds.root / 'manifest.parquet'}): case "
+                                           f"{r['case_id']} lists {key} file {src}; expected it to exist, found none")
+                    row[key] = row[f"sha256_{key}"] = ""  # a quarantined case keeps its row and reason, not the file
+                    continue
                 new_rel = f"cases/{cid}/{Path(rel).name}"
-                link_or_copy(ds.root / rel, root / new_rel)
+                link_or_copy(src, root / new_rel)
                 row[key] = new_rel
+                placed[cid].add(Path(rel).name)
             rows.append(row)
     manifest = pd.DataFrame(rows)
-    remove_stale_cases(root, set(manifest["case_id"]))
     first = next(iter(records.values()))
-    return register_dataset(
+    combined = register_dataset(
         workspace, name, kind="synthetic", label_scheme=next(iter(schemes.values())), manifest=manifest,
         config={"parts": dict(parts)}, parents=[dataset_parent_entry(ds) for ds in datasets.values()],
         extra={"synthesizers": list(parts), "parts": {label: {"dataset": ds.name, "model": ds.info.get("model"),
@@ -100,3 +114,15 @@ def combine_synthetic(workspace: str | Path, name: str, parts: Mapping[str, str]
                "note": f"the cases of {', '.join(f'{ds.name} ({label})' for label, ds in datasets.items())}, one "
                        f"ablation crossing their synthesizers"},
     )
+    # Only now that the new manifest is in place: what an earlier combination left and this one does not list.
+    remove_stale_cases(root, set(manifest["case_id"]))
+    for cid, names in placed.items():
+        folder = root / "cases" / cid
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if p.name in names:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+    return combined

@@ -129,6 +129,10 @@ def test_ablation_logs_parent_and_children_to_mlflow(real_syn):
         for region in ("WT", "TC", "ET"):
             assert 0.0 <= m[f"dice_{region}"] <= 1.0 and m[f"hd95_{region}_mm"] >= 0.0
         assert "fid2d_t1n" not in m
+        # GliomaGen's extra scores beside Dice and HD95, and the scoring preset, on every configuration
+        assert 0.0 <= m["accuracy"] <= 1.0 and {"f1_NCR", "f1_ED", "f1_ET"} <= set(m)
+        assert run.data.params["preset"] == "brats2023"
+        assert (ws / "ablations" / "t" / run.data.params["config"] / "extra_scores.csv").is_file()
         assert {"n_real", "n_synthetic", "ratio", "seed", "real_manifest_sha256", "seed_reproducible"} <= set(
             run.data.params)
         plan = plans[run.data.params["config"]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -209,3 +210,21 @@ def test_study_and_demo_configs_validate():
     compare = load_config("configs/compare.yaml")  # both synthesizers crossed with both segmenters
     assert {g.backend for g in compare.generators} == {"ddpm", "ldm"}
     assert set(compare.ablation.segmenters) == {"nnunet", "segresnet"}
+
+
+def test_the_summary_survives_when_every_crossed_synthetic_configuration_failed(tmp_path):
+    from components.ablation import ConfigResult, arm_effects, per_case_table, summary_table
+
+    scores = tmp_path / "per_case.csv"
+    pd.DataFrame({"case_id": ["a", "b"], "region": ["WT", "WT"], "dice": [0.5, 0.6], "hd95": [3.0, 4.0]}).to_csv(
+        scores, index=False)
+    base = {"segmenter": "nnunet", "seed": 0, "synthetic_only": False}
+    results = [ConfigResult("r0-s0", "ok", {**base, "synthesizer": "none", "ratio": 0.0}, per_case_csv=str(scores)),
+               ConfigResult("ddpm-r1-s0", "failed", {**base, "synthesizer": "ddpm", "ratio": 1.0}, error="x"),
+               ConfigResult("ldm-r1-s0", "failed", {**base, "synthesizer": "ldm", "ratio": 1.0}, error="y")]
+    per_case = per_case_table(results)
+    assert set(per_case["synthesizer"]) == {""}
+    effects = arm_effects(per_case, seed=0, n_resamples=200)
+    assert list(effects["ratio"]) == [0.0] and effects["dice_WT"].iloc[0] == pytest.approx(0.55)
+    table = summary_table(results, effects)
+    assert list(table["status"]) == ["ok", "failed", "failed"] and len(table) == 3

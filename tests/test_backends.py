@@ -352,6 +352,33 @@ def test_one_ablation_crosses_two_synthesizers_against_one_real_only_baseline(to
         (s, a) for s in ("thr-a", "thr-b") for a in ("none", "toy", "toyb")}
 
 
+def test_an_ablation_scored_with_the_brats2025_preset_logs_pq_and_nsd(toy_workspace):
+    import mlflow
+
+    from components.ablation import AblationConfig
+    from components.tracking import tracking_uri
+    from flows.ablation import AblationParams, ablation_flow
+
+    ws, _, _ = toy_workspace
+    out = ablation_flow(AblationParams(
+        workspace=str(ws), name="pq", real="real", synthetic="toy-syn", segmenters=("thr-a",),
+        config=AblationConfig(ratios=(0, 1), schedule="tiny", bootstrap_resamples=200, montage_cases=0,
+                              preset="brats2025")))
+    assert out["n_ok"] == 2
+    per_case = pd.read_csv(ws / "ablations" / "pq" / "r1-s0" / "per_case.csv")
+    assert {"dice", "hd95", "nsd", "pq", "sq", "rq", "tp", "fp", "fn"} <= set(per_case.columns)
+    assert set(per_case["preset"]) == {"brats2025"}
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(ws))
+    children = client.search_runs([client.get_run(out["parent_run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    for run in children:
+        m = run.data.metrics
+        assert {"dice_WT", "pq_WT", "nsd_WT", "pq_ET", "nsd_ET", "kappa", "accuracy", "f1_ED"} <= set(m)
+        assert 0.0 <= m["pq_WT"] <= 1.0 and 0.0 <= m["nsd_WT"] <= 1.0
+        assert run.data.params["preset"] == "brats2025"
+    assert "effect_r1_delta_dice_WT" in client.get_run(out["parent_run_id"]).data.metrics
+
+
 def test_a_pipeline_config_crosses_synthesizers_by_label(tmp_path, toy_backends):
     from flows.pipeline_config import ConfigError, load_config
 

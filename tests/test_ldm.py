@@ -78,7 +78,7 @@ def test_train_then_synthesize_through_the_backend(trained):
     card = json.loads((ws / "models" / "m" / "config.json").read_text())
     train_cases = open_dataset(ws, "tiny").ok_cases("train")["case_id"].tolist()
     assert card["backend"] == "ldm" and card["dataset"] == "tiny" and card["train_cases"] == train_cases
-    assert card["perceptual_loss"] == "off" and card["device"] == "cpu" and card["profile" if "profile" in card else "config"]
+    assert card["perceptual_loss"] == "off" and card["device"] == "cpu" and card["config"]["profile"] == "tiny"
     assert card["stages"]["autoencoder"]["done"] and card["stages"]["diffusion"]["done"]
     assert all(p.is_file() for p in backend.model_files(ws, "m"))
     assert len(backend.weights_digest(ws, "m")) == 64
@@ -152,6 +152,43 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(trained):
         key = "unet" if f == "diffusion.pt" else "autoencoder"
         for k, v in straight[key].items():
             torch.testing.assert_close(resumed[key][k], v, rtol=0, atol=0)
+
+
+def test_a_killed_run_is_never_taken_as_trained(trained, monkeypatch):
+    import components.ldm.training as training
+
+    ws, backend, _ = trained
+    full = backend.resolve_config("tiny")
+    backend.train(ws, "tiny", "k", full, track=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # a longer diffusion stage, killed before its first checkpoint
+        m.setattr(training, "_train_diffusion", killed)
+        with pytest.raises(KeyboardInterrupt):
+            backend.train(ws, "tiny", "k", full.with_steps(6), resume=True, track=False)
+    card = json.loads((ws / "models" / "k" / "config.json").read_text())
+    assert "diffusion" not in card["stages"] and card["stages"]["autoencoder"]["done"]
+    with pytest.raises(LdmError, match="--resume"):  # the 4-step diffusion.pt is not a 6-step model
+        backend.train(ws, "tiny", "k", full.with_steps(6), track=False)
+    with pytest.raises(LdmError, match="not trained to the end"):
+        backend.weights_digest(ws, "k")
+
+
+def test_auto_resume_moves_a_model_of_other_settings_aside(trained):
+    ws, backend, _ = trained
+    full = backend.resolve_config("tiny")
+    backend.train(ws, "tiny", "a", full, track=False)
+    digest = backend.weights_digest(ws, "a")
+    backend.train(ws, "tiny", "a", full, resume="auto", track=False)  # the same settings: kept as it is
+    assert backend.weights_digest(ws, "a") == digest and not list((ws / "models").glob("a.replaced-*"))
+    other = full.model_copy(update={"seed": 1})
+    backend.train(ws, "tiny", "a", other, resume="auto", track=False)
+    aside = list((ws / "models").glob("a.replaced-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "config.json").read_text())["config"]["seed"] == 0
+    assert json.loads((ws / "models" / "a" / "config.json").read_text())["config"]["seed"] == 1
+    assert backend.weights_digest(ws, "a") != digest
 
 
 def test_an_unknown_profile_is_one_sentence_without_torch():

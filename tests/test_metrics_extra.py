@@ -57,7 +57,8 @@ def test_post_treatment_classes_and_rc_outside_the_volume():
 def test_labels_outside_the_scheme_are_refused():
     seg = np.zeros((2, 2, 2), np.int16)
     seg[0, 0, 0] = 4
-    with pytest.raises(SegmentationError, match="case x: labels outside scheme 'brats2023'"):
+    with pytest.raises(SegmentationError, match=r"case x: labels outside scheme 'brats2023': expected \[0, 1, 2, 3\], "
+                                                r"found \[4\]"):
         case_extra_scores(seg, np.zeros_like(seg), ISO, "brats2023", "x")
 
 

@@ -194,6 +194,29 @@ def test_requests_from_a_features_csv(trained, tmp_path):
         synthesize_dataset(ws, "m", "tmasks", "syn-bad", SynthesizeConfig(device="cpu"), features_csv=tmp_path / "bad.csv")
 
 
+def test_a_vae_of_a_killed_run_with_other_settings_is_never_reused(trained, monkeypatch):
+    import components.sbldm.training as training
+    from components.sbldm.store import load_trained_sbldm
+
+    ws, backend, _ = trained
+    cfg = backend.resolve_config("tiny")
+    backend.train(ws, "tiny", "v", cfg, track=False)
+    other = cfg.model_copy(update={"vae_train": cfg.vae_train.model_copy(update={"lr": 2e-3})})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # a new VAE is written, then the run is killed in the diffusion stage
+        m.setattr(training, "train_diffusion", killed)
+        with pytest.raises(KeyboardInterrupt):
+            backend.train(ws, "tiny", "v", other, resume=True, track=False)
+    with pytest.raises(SbldmError, match="--resume"):  # not "already trained": vae.pt is the other VAE now
+        backend.train(ws, "tiny", "v", cfg, track=False)
+    backend.train(ws, "tiny", "v", cfg, resume=True, track=False)  # the other VAE is not reused: trained again
+    assert torch.load(ws / "models" / "v" / "vae.pt", weights_only=True)["config_sha256"] == cfg.stage_digest("vae")
+    load_trained_sbldm(ws, "v", "cpu")
+
+
 def test_profiles_and_refusals():
     from components.backends import get_synthesizer
 

@@ -111,6 +111,9 @@ def test_a_killed_fit_resumes_from_its_checkpoint(mix, tmp_path):
     # it continued, not restarted: the weights are those of an uninterrupted run
     whole = sr.train(tmp_path / "whole", cases, "brats2023", schedule, seed=5)
     assert _same(_weights(resumed.model_dir), _weights(whole.model_dir))
+    # and so is the epoch's mean loss: the losses before the kill came back with the checkpoint
+    assert json.loads((tmp_path / "m" / sr.HISTORY).read_text())[0]["loss"] == pytest.approx(
+        json.loads((tmp_path / "whole" / sr.HISTORY).read_text())[0]["loss"], abs=1e-6)
     # a finished fit with the same cases, schedule and seed is not trained again
     mtime = (tmp_path / "m" / sr.MODEL).stat().st_mtime_ns
     again = sr.train(tmp_path / "m", cases, "brats2023", schedule, seed=5)
@@ -146,7 +149,9 @@ def test_the_full_schedule_is_the_bundle_recipe():
                                                                             0.5, True)
     assert "TC 0.8559, WT 0.9026, ET 0.7905" in full.description
     assert full.iterations(200) == (200, 60000)
-    assert set(sr.SCHEDULES) == {"tiny", "cpu-demo", "full"}
+    from components.segmentation import nnunet
+
+    assert set(sr.SCHEDULES) == set(nnunet.SCHEDULES) == {"tiny", "cpu-demo", "full"}  # one --schedule sets both
     with pytest.raises(ValueError, match=r"crop \[60, 60, 39\]: SegResNet with 4 levels needs multiples of 8; "
                                          r"e.g. \[64, 64, 40\]"):
         sr.SegresnetSchedule(crop=(60, 60, 39))

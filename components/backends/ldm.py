@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from components.ldm.config import LdmConfig, check_profile, load_profile
+from components.ldm.config import LdmConfig, LdmError, check_profile, load_profile
 from components.ldm.store import ldm_paths, weights_digest
 from components.synthesis.config import SynthesizeConfig
 
@@ -28,7 +28,10 @@ class LdmSynthesizer:
 
     def resolve_config(self, profile: str, steps: int | None = None, config: BaseModel | None = None) -> LdmConfig:
         if config is not None and not isinstance(config, LdmConfig):
-            config = LdmConfig.model_validate(config.model_dump())
+            try:
+                config = LdmConfig.model_validate(config.model_dump())
+            except ValueError as err:
+                raise LdmError(f"ldm config of type {type(config).__name__} does not fit the ldm settings: {err}") from err
         return (config or load_profile(profile)).with_steps(steps)
 
     def train(self, workspace: str | Path, dataset: str, name: str, config: BaseModel, *,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from components.sbldm.config import SbldmConfig, check_profile, load_profile
+from components.sbldm.config import SbldmConfig, SbldmError, check_profile, load_profile
 from components.sbldm.store import sbldm_paths, weights_digest
 from components.synthesis.config import SynthesizeConfig
 
@@ -28,7 +28,10 @@ class SbldmSynthesizer:
 
     def resolve_config(self, profile: str, steps: int | None = None, config: BaseModel | None = None) -> SbldmConfig:
         if config is not None and not isinstance(config, SbldmConfig):
-            config = SbldmConfig.model_validate(config.model_dump())
+            try:
+                config = SbldmConfig.model_validate(config.model_dump())
+            except ValueError as err:
+                raise SbldmError(f"sbldm config of type {type(config).__name__} does not fit the sbldm settings: {err}") from err
         return (config or load_profile(profile)).with_steps(steps)
 
     def train(self, workspace: str | Path, dataset: str, name: str, config: BaseModel, *,

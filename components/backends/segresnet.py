@@ -62,13 +62,13 @@ class SegresnetSegmenter:
         schedule = _schedule(config)
         per_epoch, total = schedule.iterations(len(plan.train_ids))
         scheme = load_label_scheme(data["label_scheme"])
-        if schedule.reproducible:
+        device = resolve_device(schedule).type
+        if device == "cpu":  # what runs, not what the schedule asks for: ``auto`` without a GPU is the CPU
             seed = {"seed_reproducible": True, "seed_note": "replay: every random draw of an iteration is seeded "
                     "from (seed, iteration) and runs on the CPU, so the same seed gives the same model"}
         else:
             seed = {"seed_reproducible": False, "seed_note": "repeat: the draws are seeded, but CUDA kernels (cuDNN, "
                     "mixed precision) are not deterministic, so a seed labels an independent repeat"}
-        device = resolve_device(schedule).type
         return {"schedule": config.with_schedule().schedule, "device": device,
                 "segresnet_epochs": schedule.epochs, "segresnet_iterations_per_epoch": per_epoch,
                 "segresnet_iterations": total, "segresnet_batch_size": schedule.batch_size,

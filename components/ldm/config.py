@@ -171,6 +171,8 @@ class LdmConfig(FrozenModel):
         if self.sample.steps > self.diffusion.num_train_timesteps:
             raise ValueError(f"sample.steps {self.sample.steps} exceeds num_train_timesteps "
                              f"{self.diffusion.num_train_timesteps}")
+        if self.sample.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sample.sampler {self.sample.sampler!r}: ldm samples with ddim or ddpm")
         return self
 
     @property

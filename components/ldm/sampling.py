@@ -172,6 +172,8 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
         raise LdmError(f"masks dataset {masks!r} uses label scheme {mds.info.get('label_scheme')!r} but model {model!r} "
                        f"was trained with {tm.scheme.name!r}; use masks in the model's scheme")
     cfg = resolve_sampling(cfg, tm.config)  # unset sampler/steps/eta/batch: the profile's sample block
+    if cfg.sampler not in ("ddim", "ddpm"):
+        raise LdmError(f"ldm model {model!r}: sampler {cfg.sampler!r} is not available for ldm; expected ddim or ddpm")
     ok = mds.ok_cases()
     if ok.empty:
         raise LdmError(f"masks dataset {masks!r} has no ok cases")

@@ -15,8 +15,10 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,14 @@ def ldm_paths(workspace: str | Path, name: str) -> LdmPaths:
     if not name or "/" in name or name.startswith("."):
         raise LdmError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
     return LdmPaths(Path(workspace) / "models" / name)
+
+
+def move_aside(paths: LdmPaths) -> Path:
+    """Rename the model folder to ``<name>.replaced-<UTC time>`` (kept, never deleted); returns the new path."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
+    os.replace(paths.root, aside)
+    return aside
 
 
 def read_json(path: Path) -> dict[str, Any]:

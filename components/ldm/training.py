@@ -32,7 +32,7 @@ from components.ldm.networks import (
     count_parameters,
     latent_condition,
 )
-from components.ldm.store import LdmPaths, Stage, ldm_paths, read_json
+from components.ldm.store import LdmPaths, Stage, ldm_paths, move_aside, read_json
 from components.progress import tqdm
 from components.seeds import derive_seed
 from components.synthesis.data import (
@@ -190,6 +190,7 @@ def _check_existing(paths: LdmPaths, name: str, cfg: LdmConfig, ds: Dataset, res
     has_weights = bool(paths.list_checkpoints("autoencoder") or paths.list_checkpoints("diffusion")
                        or paths.autoencoder.is_file())
     done = (prev.get("config_sha256") == cfg.digest() and prev.get("dataset") == ds.name
+            and prev.get("dataset_manifest_sha256") == ds.manifest_digest
             and prev.get("stages", {}).get("diffusion", {}).get("done") is True and paths.diffusion.is_file())
     if done or not has_weights:
         return prev, done
@@ -202,7 +203,38 @@ def _check_existing(paths: LdmPaths, name: str, cfg: LdmConfig, ds: Dataset, res
     if prev.get("stage_sha256", {}).get("autoencoder") != cfg.stage_digest("autoencoder"):
         raise LdmError(f"model {name!r}: its autoencoder was trained with other settings than profile "
                        f"{cfg.profile!r}; it cannot resume with them: choose another --name")
+    if prev.get("dataset_manifest_sha256") != ds.manifest_digest:
+        log.warning("dataset %s changed since model %s started training; resuming on the current cases", ds.name, name)
     return prev, False
+
+
+def _auto_resume(paths: LdmPaths, cfg: LdmConfig, ds: Dataset) -> bool:
+    """The pipeline's policy: continue a model of these autoencoder settings, this dataset and these cases that
+    is not past the steps asked for; move any other aside to ``<name>.replaced-<UTC time>`` (never deleted)
+    and start anew, so the model depends on the config, never on the workspace's history."""
+    if not paths.root.exists():
+        return False
+    try:
+        prev = read_json(paths.config) if paths.config.is_file() else {}
+        same = (prev.get("dataset") == ds.name and prev.get("dataset_manifest_sha256") == ds.manifest_digest
+                and prev.get("stage_sha256", {}).get("autoencoder") == cfg.stage_digest("autoencoder"))
+        if same and paths.autoencoder.is_file():
+            same = int(torch.load(paths.autoencoder, map_location="cpu", weights_only=True)["step"]) <= cfg.autoencoder_train.steps
+        ae_ck = paths.list_checkpoints("autoencoder")
+        same = same and (not ae_ck or ae_ck[-1][0] <= cfg.autoencoder_train.steps)
+        df_ck = paths.list_checkpoints("diffusion")
+        if same and df_ck and df_ck[-1][0] > cfg.diffusion_train.steps:  # past the steps: only if of these settings
+            blob = torch.load(df_ck[-1][1], map_location="cpu", weights_only=True)
+            same = blob.get("config_sha256") != cfg.stage_digest("diffusion")
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # unreadable or outdated: not ours
+        log.info("model %s: cannot compare its settings (%s: %s)", paths.root.name, type(err).__name__, err)
+        same = False
+    if same:
+        return True
+    aside = move_aside(paths)
+    log.warning("model %s was trained with other settings or on other cases: moved to %s, training a new one",
+                paths.root.name, aside)
+    return False
 
 
 # --------------------------------------------------------------------------- entry point
@@ -213,9 +245,8 @@ def train_ldm(workspace: str | Path, dataset: str, name: str, cfg: LdmConfig, *,
     paths = ldm_paths(workspace, name)
     if cfg.perceptual_on and not Path(str(cfg.perceptual_weights)).expanduser().is_file():
         perceptual_loss_fn(cfg)  # refuses a missing weights file before anything is written
-    if resume == "auto":  # the pipeline's policy: continue a model of the same settings and data, else start
-        prev = read_json(paths.config) if paths.config.is_file() else {}
-        resume = prev.get("dataset") == ds.name and prev.get("stage_sha256", {}).get("autoencoder") == cfg.stage_digest("autoencoder")
+    if resume == "auto":  # the pipeline's policy: continue a model of the same settings and data, else start anew
+        resume = _auto_resume(paths, cfg, ds)
     if not track:
         return _train(ds, paths, name, cfg, bool(resume), NullTracker(), progress)
     from components.tracking import start_run
@@ -245,6 +276,7 @@ def _train(ds: Dataset, paths: LdmPaths, name: str, cfg: LdmConfig, resume: bool
     if remove_stale_temp(paths.root):
         log.info("model %s: removed temporary files of an interrupted run", name)
     card = _card(paths, name, cfg, ds, cases["case_id"].tolist(), device, prev)
+    card["stages"] = {k: v for k, v in card["stages"].items() if k == "autoencoder"}  # a killed run is never done
     write_json_atomic(paths.config, card)
     scheme = ds.label_scheme
     n_cond = n_condition_channels(scheme)
@@ -258,11 +290,17 @@ def _train(ds: Dataset, paths: LdmPaths, name: str, cfg: LdmConfig, resume: bool
     ae_done = paths.autoencoder.is_file() and card["stages"].get("autoencoder", {}).get("done") is True
     if ae_done:
         blob = torch.load(paths.autoencoder, map_location="cpu", weights_only=True)
-        ae_done = blob.get("config_sha256") == cfg.stage_digest("autoencoder") and blob["step"] >= cfg.autoencoder_train.steps
+        ae_done = blob.get("config_sha256") == cfg.stage_digest("autoencoder")
+        if ae_done and int(blob["step"]) > cfg.autoencoder_train.steps:
+            raise LdmError(f"model {name!r}: {paths.autoencoder} is trained to step {blob['step']}, beyond the "
+                           f"{cfg.autoencoder_train.steps} autoencoder_train.steps asked for; choose another --name")
+        ae_done = ae_done and int(blob["step"]) == cfg.autoencoder_train.steps
     if ae_done:
         ae.load_state_dict(blob["autoencoder"])
         log.info("model %s: autoencoder stage already finished (step %d), kept", name, blob["step"])
     else:
+        if card["stages"].pop("autoencoder", None) is not None:
+            write_json_atomic(paths.config, card)
         _train_autoencoder(ae, ts, cfg, paths, resume, tracker, device, progress)
     enc = encode_training_set(ae, ts, cfg, n_cond, device, progress)
     if not ae_done:

@@ -65,7 +65,9 @@ def case_extra_scores(
     gi, pi = np.searchsorted(values, gt_seg.ravel()), np.searchsorted(values, pred_seg.ravel())
     if not (np.array_equal(values[np.minimum(gi, k - 1)], gt_seg.ravel())
             and np.array_equal(values[np.minimum(pi, k - 1)], pred_seg.ravel())):
-        raise SegmentationError(f"case {case_id}: labels outside scheme {s.name!r} (allowed {list(s.values)})")
+        found = sorted((set(np.unique(gt_seg).tolist()) | set(np.unique(pred_seg).tolist())) - set(s.values))
+        raise SegmentationError(f"case {case_id}: labels outside scheme {s.name!r}: expected {list(s.values)}, "
+                                f"found {found}")
     # The K x K confusion counts in one pass, handed to scikit-learn as weighted label pairs: its scores
     # then cost K^2 instead of three passes over ~9 million voxels each.
     counts = np.bincount(gi * k + pi, minlength=k * k)

@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -37,7 +37,7 @@ _build_lock = threading.Lock()
 class PanopticConfig(FrozenModel):
     """Settings of the panoptica scorer; the defaults are the official BraTS 2025 glioma configuration."""
 
-    preset: str = Field("brats2025", description="name recorded with the scores")
+    preset: Literal["brats2025"] = Field("brats2025", description="name recorded with the scores")
     follows: str = Field(OFFICIAL, description="official configuration reproduced")
     matching_threshold: float = Field(1e-6, ge=0.0, description="minimum Dice of a matched lesion pair")
 

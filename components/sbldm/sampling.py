@@ -250,7 +250,7 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
             extra = {**{f"req_{c}": req.features[c] for c in columns}, **{f"gen_{c}": got[c] for c in columns},
                      **control_errors(req.features, got, columns)}
             xi = x[0].numpy()
-            # back onto the output grid: images (shifted to >= 0), the model-window marker, the generated labels
+            # back onto the output grid: images (shifted to >= 0) and the generated labels (0 in the padding)
             back = fc.to_grid(np.concatenate([xi + 1.0, lab[None].astype(np.float32)]))
             seg_g, head_g = seg_from_labels(np.rint(back[4]).astype(np.uint8), tm.scheme)
             ref = mask_reference(fc.grid_seg, fc.grid_head, check_regions, spacing_of(fc.grid_affine), checks)

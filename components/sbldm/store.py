@@ -14,8 +14,10 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +68,14 @@ def sbldm_paths(workspace: str | Path, name: str) -> SbldmPaths:
     if not name or "/" in name or name.startswith("."):
         raise SbldmError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
     return SbldmPaths(Path(workspace) / "models" / name)
+
+
+def move_aside(paths: SbldmPaths) -> Path:
+    """Rename the model folder to ``<name>.replaced-<UTC time>`` (kept, never deleted); returns the new path."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
+    os.replace(paths.root, aside)
+    return aside
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -127,6 +137,10 @@ def load_trained_sbldm(workspace: str | Path, name: str, device: str = "auto") -
     for blob, stage, path in ((vae_blob, "vae", paths.vae), (df_blob, "diffusion", paths.diffusion)):
         if blob.get("config_sha256") != cfg.stage_digest(stage):
             raise SbldmError(f"model {name!r}: {path} was trained with other {stage} settings than {paths.config}; retrain it")
+    scale = float(df_blob["scale_factor"])
+    if abs(scale - float(vae_blob["scale_factor"])) > 1e-6 * abs(scale):
+        raise SbldmError(f"model {name!r}: {paths.diffusion} holds scale factor {scale} but {paths.vae} "
+                         f"{float(vae_blob['scale_factor'])}; the diffusion stage was trained on another VAE, retrain it")
     n_classes = int(card["n_classes"])
     vae = build_vae(cfg.vae, n_classes)
     vae.load_state_dict(vae_blob["vae"])

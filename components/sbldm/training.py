@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from components.backends.registry import ModelSummary
 from components.devices import resolve_device
-from components.io import atomic_path, write_json_atomic, write_text_atomic
+from components.io import atomic_path, remove_stale_temp, write_json_atomic, write_text_atomic
 from components.progress import tqdm
 from components.sbldm.config import SbldmConfig, SbldmError
 from components.sbldm.diffusion import build_scheduler, build_unet
 from components.sbldm.features import FeatureNorm, feature_columns, measure, seg_from_labels
-from components.sbldm.store import BACKEND, SbldmPaths, read_json, sbldm_paths
+from components.sbldm.store import BACKEND, SbldmPaths, move_aside, read_json, sbldm_paths
 from components.sbldm.vae import SliceVAE, build_vae
 from components.seeds import derive_seed
 from components.synthesis.data import TrainingSet, n_condition_channels, prepare_training_set, spacing_of
@@ -215,9 +215,8 @@ def train_sbldm(workspace: str | Path, dataset: str, name: str, cfg: SbldmConfig
     """Train model ``name`` on the train split of ``dataset``; one MLflow run if ``track``."""
     ds = open_dataset(workspace, dataset)
     paths = sbldm_paths(workspace, name)
-    if resume == "auto":  # the pipeline's policy: reuse a finished VAE of the same settings and data
-        prev = read_json(paths.config) if paths.config.is_file() else {}
-        resume = prev.get("dataset") == ds.name and prev.get("stage_sha256", {}).get("vae") == cfg.stage_digest("vae")
+    if resume == "auto":  # the pipeline's policy: reuse a finished VAE of the same settings and cases, else start anew
+        resume = _auto_resume(paths, cfg, ds)
     if not track:
         return _train(ds, paths, name, cfg, bool(resume), NullTracker(), progress)
     from components.tracking import start_run
@@ -231,6 +230,25 @@ def train_sbldm(workspace: str | Path, dataset: str, name: str, cfg: SbldmConfig
         return out
 
 
+def _auto_resume(paths: SbldmPaths, cfg: SbldmConfig, ds: Dataset) -> bool:
+    """Keep the model folder when its VAE has these settings, this dataset and these cases; else move it aside
+    to ``<name>.replaced-<UTC time>`` (never deleted) so that a new model starts."""
+    if not paths.root.exists():
+        return False
+    try:
+        prev = read_json(paths.config) if paths.config.is_file() else {}
+    except (OSError, ValueError) as err:  # unreadable: not ours to continue
+        log.info("model %s: cannot read its card (%s)", paths.root.name, err)
+        prev = {}
+    if (prev.get("dataset") == ds.name and prev.get("dataset_manifest_sha256") == ds.manifest_digest
+            and prev.get("stage_sha256", {}).get("vae") == cfg.stage_digest("vae")):
+        return True
+    aside = move_aside(paths)
+    log.warning("model %s was trained with other settings or on other cases: moved to %s, training a new one",
+                paths.root.name, aside)
+    return False
+
+
 def _summary(paths: SbldmPaths, name: str, card: dict[str, Any], t_call: float, note: str = "") -> ModelSummary:
     return ModelSummary(name=name, model_dir=paths.root, seconds=time.perf_counter() - t_call,
                         train_seconds=float(sum(s.get("seconds", 0.0) for s in card.get("stages", {}).values())),
@@ -242,8 +260,12 @@ def _train(ds: Dataset, paths: SbldmPaths, name: str, cfg: SbldmConfig, resume: 
     t_call = time.perf_counter()
     prev = read_json(paths.config) if paths.config.is_file() else {}
     if (prev.get("stage_sha256", {}).get("diffusion") == cfg.stage_digest("diffusion") and prev.get("dataset") == ds.name
-            and prev.get("config", {}).get("diffusion_train", {}).get("steps") == cfg.diffusion_train.steps
-            and prev.get("stages", {}).get("diffusion", {}).get("done") and paths.diffusion.is_file()):
+            and prev.get("dataset_manifest_sha256") == ds.manifest_digest
+            and prev.get("stages", {}).get("diffusion", {}).get("done") is True and paths.diffusion.is_file()):
+        if prev.get("config") != cfg.model_dump(mode="json"):  # settings the weights do not depend on (sample, generate)
+            prev = {**prev, "config": cfg.model_dump(mode="json"),
+                    "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+            write_json_atomic(paths.config, prev)
         return _summary(paths, name, prev, t_call, note="already trained with these settings")
     if (paths.vae.is_file() or paths.diffusion.is_file()) and not resume:
         raise SbldmError(f"model {name!r} already has weights in {paths.root}: pass --resume to continue it (a finished "
@@ -255,6 +277,8 @@ def _train(ds: Dataset, paths: SbldmPaths, name: str, cfg: SbldmConfig, resume: 
         raise SbldmError(f"dataset {ds.name!r} has no ok train case with four modalities and a seg: sbldm learns "
                          f"images and masks together")
     paths.root.mkdir(parents=True, exist_ok=True)
+    if remove_stale_temp(paths.root):
+        log.info("model %s: removed temporary files of an interrupted run", name)
     ts = prepare_training_set(ds, cases, cfg.data, scheme, paths.cache, progress=progress)
     stats = training_statistics(ts, cfg)  # type: ignore[arg-type]
     write_json_atomic(paths.stats, stats)
@@ -272,18 +296,24 @@ def _train(ds: Dataset, paths: SbldmPaths, name: str, cfg: SbldmConfig, resume: 
         "stages": {}, "code_version": code_version(),
     }
     tracker.log_params({"config": cfg.model_dump(mode="json"), "dataset": ds.name, "n_train_cases": len(ts)})
+    reuse = bool(resume and paths.vae.is_file() and prev.get("stages", {}).get("vae", {}).get("done") is True
+                 and prev.get("stage_sha256", {}).get("vae") == cfg.stage_digest("vae") and prev.get("dataset") == ds.name)
+    blob = torch.load(paths.vae, map_location="cpu", weights_only=True) if reuse else {}
+    reuse = reuse and blob.get("config_sha256") == cfg.stage_digest("vae")
+    if reuse:
+        card["stages"]["vae"] = prev["stages"]["vae"]
+        if prev.get("dataset_manifest_sha256") != ds.manifest_digest:
+            log.warning("dataset %s changed since model %s's VAE was trained; keeping it", ds.name, name)
+    write_json_atomic(paths.config, card)  # no stage of a killed run is ever taken as done
 
     # --- stage 1: the slice VAE
-    torch.manual_seed(seeds["init"])  # module initialisation
-    vae = build_vae(cfg.vae, n_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # module initialisation from the recorded seed, global RNG untouched
+        torch.manual_seed(seeds["init"])
+        vae = build_vae(cfg.vae, n_classes).to(device)
     t0 = time.perf_counter()
-    reuse = (resume and paths.vae.is_file() and prev.get("stages", {}).get("vae", {}).get("done")
-             and prev.get("stage_sha256", {}).get("vae") == cfg.stage_digest("vae") and prev.get("dataset") == ds.name)
     if reuse:
-        blob = torch.load(paths.vae, map_location="cpu", weights_only=True)
         vae.load_state_dict(blob["vae"])
         vae.scale_factor.fill_(1.0)
-        card["stages"]["vae"] = prev["stages"]["vae"]
         vae.eval()
     else:
         rows = train_vae(vae, ts, cfg, n_classes, device, tracker, paths.log("vae"), progress)
@@ -300,14 +330,16 @@ def _train(ds: Dataset, paths: SbldmPaths, name: str, cfg: SbldmConfig, resume: 
     card["scale_factor_source"] = "1 / std of the VAE's posterior means over all training cases (and their flips)"
     tracker.log_metrics({"vae_recon_l1_head": enc["recon_l1_head"], "vae_recon_tumour_dice": enc["recon_tumour_dice"],
                          "scale_factor": scale})
+    write_json_atomic(paths.config, card)  # the finished VAE: a run killed in the diffusion stage resumes from here
 
     # --- stage 2: the feature-conditioned diffusion U-Net on the stacked latents
     norm = FeatureNorm.fit([f for f, u in zip(enc["features"], enc["unflipped"], strict=True) if u], columns)
     card["feature_norm"] = norm.to_dict()
     card["feature_norm_source"] = "mean and std of each feature over the unflipped training cases, on the model grid"
     feats = torch.from_numpy(np.stack([norm.normalise(f) for f in enc["features"]]))
-    torch.manual_seed(seeds["init"])
-    unet = build_unet(cfg.unet, cfg.vae.latent_channels, len(columns)).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds["init"])
+        unet = build_unet(cfg.unet, cfg.vae.latent_channels, len(columns)).to(device)
     t0 = time.perf_counter()
     unet, rows = train_diffusion(unet, enc["latents"] * scale, feats, cfg, device, tracker, paths.log("diffusion"),
                                  progress)

@@ -18,7 +18,7 @@ What differs from the bundle, and why:
 - Every random draw of training iteration ``i`` (which case, its crop, flips and intensity changes,
   the dropout mask) is seeded from (seed, i), so a resumed training replays an uninterrupted one and,
   on the CPU, a seed replays the whole run. Nothing reads or reseeds the process-wide generators
-  except the network's initialisation, done inside ``torch.random.fork_rng``.
+  except the network's initialisation, done inside ``torch.random.fork_rng`` under a lock.
 
 Input channels are in the bundle's order: T1-Gd, T1, T2, FLAIR (``t1c, t1n, t2w, t2f``).
 """
@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from components.config_base import FrozenModel
 from components.devices import resolve_device as _resolve_device
 from components.errors import InputError
 from components.io import atomic_path, save_nifti, write_json_atomic
+from components.segmentation.nnunet import ScheduleName
 from data_catalog import MODALITIES, LabelScheme, load_label_scheme
 
 if TYPE_CHECKING:  # torch is imported where it is used: configs validate without it
@@ -121,15 +123,8 @@ class SegresnetSchedule(FrozenModel):
         per_epoch = self.iterations_per_epoch or math.ceil(n_cases / self.batch_size)
         return per_epoch, per_epoch * self.epochs
 
-    @property
-    def reproducible(self) -> bool:
-        """True when a seed replays the run: on the CPU. CUDA kernels (cuDNN, mixed precision) are not
-        deterministic, so there a seed labels an independent repeat."""
-        return self.device == "cpu"
 
-
-ScheduleName = Literal["tiny", "cpu-demo", "full"]
-SCHEDULES: dict[str, SegresnetSchedule] = {
+SCHEDULES: dict[ScheduleName, SegresnetSchedule] = {  # the names of nnU-Net's schedules: one --schedule sets both
     "full": SegresnetSchedule(
         description="MONAI model-zoo brats_mri_segmentation recipe: 300 epochs of one pass over the training "
                     "cases, batch 1, crops 224x224x144, AMP on CUDA. Published validation Dice (BraTS 2018, "
@@ -161,6 +156,7 @@ def regions_of(scheme: LabelScheme) -> tuple[tuple[str, tuple[int, ...], int], .
     return scheme.nnunet_regions
 
 
+# By hand: MONAI's ConvertToMultiChannelBasedOnBratsClasses is fixed to BraTS 2018 labels and has no inverse.
 def labels_to_regions(seg: np.ndarray, scheme: LabelScheme) -> np.ndarray:
     """A label map (D, H, W) in ``scheme`` -> one binary channel per region (R, D, H, W), float32."""
     return np.stack([np.isin(seg, labels) for _, labels, _ in regions_of(scheme)]).astype(np.float32)
@@ -219,7 +215,8 @@ def check_case_headers(files: Mapping[str, str | Path], case_id: str) -> None:
     shapes = {}
     for key in (*CHANNELS, "seg"):
         if key not in files:
-            raise SegresnetError(f"case {case_id}: no {key} file given (found {sorted(files)})")
+            raise SegresnetError(f"case {case_id}: no {key} file given; expected {', '.join((*CHANNELS, 'seg'))}, "
+                                 f"found {sorted(files)}")
         try:
             shapes[key] = tuple(nib.load(str(files[key])).shape)
         except Exception as err:
@@ -334,13 +331,17 @@ def _seeded_dropout_class() -> type:
     return SeededDropout
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def build_network(schedule: SegresnetSchedule, n_regions: int, seed: int, device: torch.device) -> torch.nn.Module:
     """``monai.networks.nets.SegResNet`` as the bundle builds it, initialised from ``seed``."""
     import torch
     from monai.networks.nets import SegResNet
 
-    # MONAI's layers initialise from the process-wide generator and take none: fork it for this block.
-    with torch.random.fork_rng(devices=[]):
+    # MONAI's layers initialise from the process-wide generator and take none: fork it for this block,
+    # one network at a time (configurations build theirs on threads; fork_rng restores a shared state).
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = SegResNet(spatial_dims=3, blocks_down=schedule.blocks_down, blocks_up=schedule.blocks_up,
                         init_filters=schedule.init_filters, in_channels=len(CHANNELS), out_channels=n_regions,
@@ -446,7 +447,7 @@ def train(model_dir: str | Path, cases: Mapping[str, Mapping[str, str]], label_s
     amp = schedule.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = DiceLoss(smooth_nr=0, smooth_dr=1e-5, squared_pred=True, to_onehot_y=False, sigmoid=True)
-    start, elapsed0, history, sampled = 0, 0.0, [], [0] * len(ids)
+    start, elapsed0, history, sampled, epoch_losses = 0, 0.0, [], [0] * len(ids), []
     ckpt = model_dir / CHECKPOINT
     if ckpt.is_file():
         try:
@@ -464,6 +465,7 @@ def train(model_dir: str | Path, cases: Mapping[str, Mapping[str, str]], label_s
         else:
             start, elapsed0 = int(state["iteration"]), float(state["train_seconds"])
             history, sampled = list(state["history"]), list(state["sampled"])
+            epoch_losses = [float(v) for v in state.get("epoch_losses", [])]  # the epoch's losses before the kill
             log.info("SegResNet %s: resuming from iteration %d of %d (%s)", name, start, total, ckpt.name)
 
     samples = TrainingSamples([(c, cases[c]) for c in ids], scheme, schedule, seed, start * schedule.batch_size,
@@ -480,12 +482,12 @@ def train(model_dir: str | Path, cases: Mapping[str, Mapping[str, str]], label_s
         _save_checkpoint(ckpt, {"format": FORMAT, "iteration": iteration, "train_seconds": seconds,
                                 "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "scaler": scaler.state_dict(), "history": history, "sampled": sampled})
+                                "scaler": scaler.state_dict(), "history": history, "sampled": sampled,
+                                "epoch_losses": epoch_losses})
         write_json_atomic(model_dir / HISTORY, history)
 
     net.train()
     t0 = time.perf_counter()
-    epoch_losses: list[float] = []
     log_every = max(1, total // 20)
     bar = tqdm(total=total, initial=start, desc=f"SegResNet {name}", unit="it", disable=None)
     it = start
