@@ -385,8 +385,8 @@ def print_ablation_result(out: dict) -> None:
     from components.dashboard import dashboard_hint
 
     table = pd.DataFrame(out["table"])
-    cols = [c for c in ("config", "status", "ratio", "seed", "n_real", "n_synthetic", "dice_WT", "dice_TC",
-                        "dice_ET") if c in table]
+    cols = [c for c in ("config", "status", "segmenter", "synthesizer", "ratio", "seed", "n_real", "n_synthetic",
+                        "dice_WT", "dice_TC", "dice_ET") if c in table]
     print("configurations:")
     print(table[cols].to_string(index=False))
     print("\neffect of synthetic cases: paired difference to ratio 0 on the same test cases, mean over seeds, "
@@ -423,8 +423,8 @@ def _pipeline(a: argparse.Namespace, v: Values) -> int:
     out = pipeline_flow(config_path=opts.config, workspace=opts.workspace)
     for arm in out["arms"]:
         table = pd.DataFrame(arm["table"])
-        cols = [c for c in ("config", "status", "ratio", "seed", "n_real", "n_synthetic", "dice_WT", "dice_TC",
-                            "dice_ET", "hd95_WT_mm") if c in table]
+        cols = [c for c in ("config", "status", "segmenter", "synthesizer", "ratio", "seed", "n_real", "n_synthetic",
+                            "dice_WT", "dice_TC", "dice_ET", "hd95_WT_mm") if c in table]
         print(f"\nablation {arm['ablation']} ({arm['fraction']:.0%} of the real training cases; held-out real test "
               "cases; on the phantom a pipeline check, not a BraTS result):")
         print(table[cols].to_string(index=False))
@@ -433,12 +433,17 @@ def _pipeline(a: argparse.Namespace, v: Values) -> int:
         print("\n".join(arm["effect_lines"]))
     print("\nsynthetic sets against the real test split (each score beside its real-vs-real floor at the same N):")
     for arm in out["arms"]:
-        for line in floor_lines(arm["synthesis_scores"]):
-            print(f"  {arm['ablation']}: {line}")
+        by_synthesizer = arm.get("synthesis_scores_by_synthesizer") or {"": arm["synthesis_scores"]}
+        for synthesizer, csv_path in by_synthesizer.items():
+            who = f"{arm['ablation']}, {synthesizer}" if len(by_synthesizer) > 1 else arm["ablation"]
+            for line in floor_lines(csv_path):
+                print(f"  {who}: {line}")
     print("\nwhere to look:")
     for m in out["montages"]:
         print(f"  picture: {m}")
-    print(f"  synthesis scores: {out['synthesis_scores']}")
+    for csv_path in dict.fromkeys(p for arm in out["arms"] for p in (arm.get("synthesis_scores_by_synthesizer") or {
+            "": arm["synthesis_scores"]}).values()):
+        print(f"  synthesis scores: {csv_path}")
     for arm in out["arms"]:
         print(f"  ablation {arm['ablation']}: {arm['effect_csv']} (effects), {arm['summary_csv']} (configurations)")
     for arm in out["arms"]:
