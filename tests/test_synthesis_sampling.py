@@ -114,10 +114,12 @@ def test_a_model_trained_before_the_prior_option_still_loads(ws):
     old = plain.model_dump(mode="json")
     old["train"].pop("steps")
     old["diffusion"].pop("prior")
+    old["network"].pop("gradient_checkpointing")  # nor the later memory option, which is no part of the model
     blob = torch.load(paths.ema, weights_only=True)
     assert blob["config_sha256"] == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     card = json.loads(paths.config.read_text())
     del card["config"]["diffusion"]["prior"]  # and so did config.json
+    del card["config"]["network"]["gradient_checkpointing"]
     write_json_atomic(paths.config, card)
     tm = load_trained_model(ws, "plain")
     assert tm.prior is None and tm.config.diffusion.prior == "none"
