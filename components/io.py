@@ -259,3 +259,15 @@ def save_like(dest: str | os.PathLike, array: np.ndarray, ref: nib.Nifti1Image, 
         img.header.set_dim_info(None, None, None)
     with atomic_path(dest, suffix=nifti_suffix(dest)) as tmp:
         nib.save(img, tmp)
+
+
+def move_aside(folder: str | os.PathLike) -> Path:
+    """Rename ``folder`` to ``<name>.replaced-<UTC time>`` beside it (kept, never deleted): how every
+    synthesizer sets aside a model trained with other settings. Returns the new path."""
+    import datetime as _dt
+
+    folder = Path(folder)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = folder.with_name(f"{folder.name}.replaced-{stamp}")
+    os.replace(folder, aside)
+    return aside

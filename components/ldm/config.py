@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from components.config_base import FrozenModel
+from components.config_base import FrozenModel, ProfileDir
 from components.errors import InputError
 from components.synthesis.config import DataConfig, SampleConfig
 
@@ -200,35 +199,23 @@ class LdmConfig(FrozenModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
+PROFILES = ProfileDir(PROFILES_DIR, LdmConfig, LdmError, "ldm")
+
+
 def list_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    return PROFILES.names()
 
 
 def profile_path(profile: str | Path) -> Path | None:
     """The YAML file of ``profile`` (a name in ``configs/ldm/`` or a path), or None when there is none."""
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    named = PROFILES_DIR / f"{profile}.yaml"
-    return named if str(profile) and named.is_file() else None
+    return PROFILES.path(profile)
 
 
 def check_profile(profile: str) -> None:
     """Refuse an unknown profile in one sentence (no torch)."""
-    if profile_path(profile) is None:
-        raise LdmError(f"unknown ldm profile {str(profile)!r}: expected one of {', '.join(list_profiles())} "
-                       f"(configs/ldm/) or the path of a YAML file")
+    PROFILES.check(profile)
 
 
 def load_profile(profile: str | Path) -> LdmConfig:
     """Read a profile by name (``configs/ldm/<name>.yaml``) or from a YAML file path."""
-    check_profile(str(profile))
-    path = profile_path(profile)
-    assert path is not None
-    with open(path, encoding="utf-8") as fh:
-        data: dict[str, Any] = yaml.safe_load(fh) or {}
-    data.setdefault("profile", path.stem)
-    try:
-        return LdmConfig.model_validate(data)
-    except ValueError as err:
-        raise LdmError(f"ldm profile {path}: {err}") from err
+    return PROFILES.load(profile)

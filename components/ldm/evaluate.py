@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from components.io import load_nifti
 from components.synthesis.data import spacing_of
 from data_catalog import MODALITIES, Dataset, has_file, open_dataset
 
+log = logging.getLogger(__name__)
 
 def case_contrast(ds: Dataset, case_id: str, shell_mm: float = 8.0) -> dict[str, float]:
     seg, affine, _ = load_nifti(ds.path(case_id, "seg"))
@@ -80,9 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--synthetic", required=True)
     a = p.parse_args(argv)
     out = compare(a.workspace, a.real, a.synthetic)
-    print(json.dumps(out, indent=1))
+    log.info("tumour contrast, real against synthetic:\n%s", json.dumps(out, indent=1))
     return out
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

@@ -15,15 +15,14 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from components.io import move_aside as _move_aside
 from components.io import sha256_file
 from components.ldm.config import LdmConfig, LdmError
 from data_catalog import LabelScheme, load_label_scheme
@@ -88,11 +87,8 @@ def ldm_paths(workspace: str | Path, name: str) -> LdmPaths:
 
 
 def move_aside(paths: LdmPaths) -> Path:
-    """Rename the model folder to ``<name>.replaced-<UTC time>`` (kept, never deleted); returns the new path."""
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
-    os.replace(paths.root, aside)
-    return aside
+    """Set the model folder aside as ``<name>.replaced-<UTC time>`` (components.io.move_aside)."""
+    return _move_aside(paths.root)
 
 
 def read_json(path: Path) -> dict[str, Any]:

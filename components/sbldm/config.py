@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from components.config_base import FrozenModel
+from components.config_base import FrozenModel, ProfileDir
 from components.errors import InputError
 from components.masks.config import CheckConfig
 from components.synthesis.config import DataConfig
@@ -197,34 +196,23 @@ class SbldmConfig(FrozenModel):
         return hashlib.sha256(json.dumps({k: d[k] for k in keep}, sort_keys=True).encode()).hexdigest()
 
 
+PROFILES = ProfileDir(PROFILES_DIR, SbldmConfig, SbldmError, "sbldm")
+
+
 def list_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    return PROFILES.names()
 
 
 def profile_path(profile: str | Path) -> Path | None:
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    named = PROFILES_DIR / f"{profile}.yaml"
-    return named if str(profile) and named.is_file() else None
+    """The YAML file of ``profile`` (a name in ``configs/sbldm/`` or a path), or None when there is none."""
+    return PROFILES.path(profile)
 
 
 def check_profile(profile: str) -> None:
     """Refuse an unknown profile in one sentence (no torch)."""
-    if profile_path(profile) is None:
-        raise SbldmError(f"unknown sbldm profile {str(profile)!r}: expected one of {', '.join(list_profiles())} "
-                         f"(configs/sbldm/) or the path of a YAML file")
+    PROFILES.check(profile)
 
 
 def load_profile(profile: str | Path) -> SbldmConfig:
     """Read a profile by name (``configs/sbldm/<name>.yaml``) or from a YAML file path."""
-    check_profile(str(profile))
-    path = profile_path(profile)
-    assert path is not None
-    with open(path, encoding="utf-8") as fh:
-        data: dict[str, Any] = yaml.safe_load(fh) or {}
-    data.setdefault("profile", path.stem)
-    try:
-        return SbldmConfig.model_validate(data)
-    except ValueError as err:
-        raise SbldmError(f"sbldm profile {path}: {err}") from err
+    return PROFILES.load(profile)

@@ -14,14 +14,13 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.io import move_aside as _move_aside
 from components.io import sha256_file
 from components.sbldm.config import SbldmConfig, SbldmError
 from data_catalog import LabelScheme, load_label_scheme
@@ -71,11 +70,8 @@ def sbldm_paths(workspace: str | Path, name: str) -> SbldmPaths:
 
 
 def move_aside(paths: SbldmPaths) -> Path:
-    """Rename the model folder to ``<name>.replaced-<UTC time>`` (kept, never deleted); returns the new path."""
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
-    os.replace(paths.root, aside)
-    return aside
+    """Set the model folder aside as ``<name>.replaced-<UTC time>`` (components.io.move_aside)."""
+    return _move_aside(paths.root)
 
 
 def read_json(path: Path) -> dict[str, Any]:

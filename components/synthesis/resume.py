@@ -3,14 +3,12 @@ resume that would not equal an uninterrupted run, and the pipeline's automatic c
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from components.io import atomic_path
+from components.io import atomic_path, move_aside
 from components.synthesis.config import SynthesisError, SynthesizerConfig
 from components.synthesis.store import ModelPaths, read_json
 from data_catalog import Dataset
@@ -112,9 +110,7 @@ def auto_resume(paths: ModelPaths, cfg: SynthesizerConfig, ds: Dataset) -> bool:
         same = False
     if same:
         return True
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = paths.root.with_name(f"{paths.root.name}.replaced-{stamp}")
-    os.replace(paths.root, aside)
+    aside = move_aside(paths.root)
     log.warning("model %s was trained with another config, step schedule or on other cases: moved to %s, "
                 "training a new one", paths.root.name, aside)
     return False
