@@ -438,6 +438,9 @@ def _pipeline(a: argparse.Namespace, v: Values) -> int:
             who = f"{arm['ablation']}, {synthesizer}" if len(by_synthesizer) > 1 else arm["ablation"]
             for line in floor_lines(csv_path):
                 print(f"  {who}: {line}")
+    for arm in out["arms"]:
+        for line in own_score_lines(arm.get("synthesizer_own_scores") or {}, arm.get("mask_scores") or {}):
+            print(f"  {arm['ablation']}, {line}")
     print("\nwhere to look:")
     for m in out["montages"]:
         print(f"  picture: {m}")
@@ -450,6 +453,22 @@ def _pipeline(a: argparse.Namespace, v: Values) -> int:
         for line in dashboard_hint(out["workspace"], arm["parent_run_id"]):
             print(f"  {line}")
     return 0 if any(r.get("status") == "ok" for r in out["ablation_table"]) else 1
+
+
+def own_score_lines(by_synthesizer: dict[str, dict[str, float]], masks: dict[str, float]) -> list[str]:
+    """One line per synthesizer with scores of its own (sbldm: how well the generated masks follow the requested
+    features, and how many pass the plausibility checks), and one for the mask sources' own scores."""
+    lines = []
+    for arm, m in by_synthesizer.items():
+        parts = [f"{k.removeprefix('mask_').replace('_', ' ')} {m[k]:.0%}" for k in ("mask_pass_rate",
+                 "mask_request_ok_rate") if k in m]
+        parts += [f"|error| {k.removeprefix('ctrl_err_')} {v:,.1f}" for k, v in m.items()
+                  if k.startswith("ctrl_err_") and k.endswith("_wt")]
+        if parts:
+            lines.append(f"{arm}: " + "; ".join(parts) + " (mm, mm^2, mm^3; every generated mask)")
+    if masks:
+        lines.append("mask sources: " + "; ".join(f"{k.removeprefix('masks_')} {v:.3g}" for k, v in masks.items()))
+    return lines
 
 
 def _serve(a: argparse.Namespace, v: Values) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from components.backends import get_synthesizer
+from components.backends import get_mask_source, get_synthesizer
 from data_catalog import open_dataset
 from flows.pipeline_config import (  # noqa: F401 - the config's names, re-exported for callers of this module
     AblationStage,
@@ -42,6 +42,7 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
     from flows.metrics import SynthesisEvalParams, evaluate_synthesis_flow
     from flows.synthesis import SynthesizeParams, TrainSynthesizerParams, synthesize_flow, train_synthesizer_flow
     from tasks.ablation import real_subset_task
+    from tasks.masks import combine_masks_task
     from tasks.synthesis import combine_synthetic_task
 
     logger = get_run_logger()
@@ -64,8 +65,22 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                        subset_seed=cfg.ablation.config.subset_seed, name=real_name)
             logger.info("data-scarce arm %s: %s keeps %.0f %% of the real training cases, with its own masks, "
                         "generator and synthetic set", sfx, real_name, 100 * fraction)
-        masks = augment_masks_flow(AugmentMasksParams(source=real_name, name=cfg.masks.name + sfx, workspace=ws,
-                                                      backend=cfg.masks.source, config=cfg.masks.config))
+        mask_parts, mask_metrics = {}, {}
+        for src, src_cfg in cfg.masks.sources:
+            part = cfg.masks.name + sfx if not cfg.masks.also else f"{cfg.masks.name}-{src}{sfx}"
+            made = augment_masks_flow(AugmentMasksParams(source=real_name, name=part, workspace=ws, backend=src,
+                                                         config=src_cfg))
+            if not mask_parts:  # the primary source's summary and figures lead
+                masks = made
+            mask_parts[src] = part
+            own = getattr(get_mask_source(src), "dataset_metrics", None)  # e.g. ldm: pass rate, realism vs floors
+            if own is not None:
+                mask_metrics.update({f"masks_{src}_{k}": v for k, v in own(ws, part).items()})
+        if cfg.masks.also:  # one masks dataset holding every source's masks: every synthesizer draws from all
+            run_cached(combine_masks_task, [Path(ws) / "datasets" / (cfg.masks.name + sfx) / "dataset.json"],
+                       workspace=ws, name=cfg.masks.name + sfx, parts=mask_parts,
+                       digests={s: open_dataset(ws, n).manifest_digest for s, n in mask_parts.items()})
+            logger.info("%s: the masks of %s together", cfg.masks.name + sfx, ", ".join(mask_parts))
         models, parts, all_scores = {}, {}, {}
         for gen in cfg.generators:
             models[gen.arm] = train_synthesizer_flow(TrainSynthesizerParams(
@@ -85,11 +100,14 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                        digests={a: open_dataset(ws, n).manifest_digest for a, n in parts.items()})
             logger.info("%s: the synthetic cases of %s, crossed in one ablation", synthetic_name, ", ".join(parts))
         by_arm = {arm: _synthesis_metrics(sc["csv"]) for arm, sc in all_scores.items()}
+        own_scores = {}
         for gen in cfg.generators:  # a backend's own scores of its set (sbldm: controllability, mask pass rate)
             own = getattr(get_synthesizer(gen.backend), "dataset_metrics", None)
             if own is not None:
-                by_arm[gen.arm].update(own(ws, parts[gen.arm]))
+                own_scores[gen.arm] = own(ws, parts[gen.arm])
+                by_arm[gen.arm].update(own_scores[gen.arm])
         synthesis_metrics = {f"{arm}_{k}" if len(parts) > 1 else k: v for arm, m in by_arm.items() for k, v in m.items()}
+        synthesis_metrics.update(mask_metrics)
         if fraction == max(cfg.ablation.real_fractions):  # the arm with the most real data is the one shared
             exports = {}
             if cfg.export.brats:
@@ -100,21 +118,24 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
                 exports["nnunet"] = export_flow(ExportParams(workspace=ws, dataset=synthetic_name,
                                                              format="nnunet",
                                                              out=str(Path(ws) / "exports" / "nnunet_raw")))
-            first = {"masks": masks, "synthetic": synthetic, "scores": scores, "model": model, "exports": exports}
+            first = {"masks": masks, "synthetic": synthetic, "scores": scores, "model": model, "models": models,
+                     "exports": exports}
         ablation = ablation_flow.with_options(task_runner=make_task_runner(cfg.runner))(AblationParams(
             workspace=ws, name=cfg.ablation.name + sfx, real=real_name, synthetic=synthetic_name,
             config=cfg.ablation.config, segmenters=cfg.ablation.segmenters, synthesis_metrics=synthesis_metrics))
         arms.append({"fraction": fraction, "real": real_name, "ablation": cfg.ablation.name + sfx,
                      "synthesis_scores": scores["csv"],
                      "synthesis_scores_by_synthesizer": {a: sc["csv"] for a, sc in all_scores.items()},
+                     "synthesizer_own_scores": own_scores, "mask_scores": mask_metrics,
                      "summary_csv": ablation["summary_csv"],
                      "effect_csv": ablation["effect_csv"], "effect_lines": ablation["effect_lines"],
                      "plot": ablation["plot"], "parent_run_id": ablation["parent_run_id"], "table": ablation["table"]})
     main = arms[0]
     out = {
         "workspace": ws,
-        "montages": [p for p in (data.get("montage"), first["masks"].get("montage"), first["synthetic"].get("montage"),
-                                 *(a["plot"] for a in arms)) if p],
+        "montages": [p for p in (data.get("montage"), first["masks"].get("montage"),
+                                 *(m.get("montage") for m in first["models"].values()),  # e.g. sbldm's size sweep
+                                 first["synthetic"].get("montage"), *(a["plot"] for a in arms)) if p],
         "synthesis_scores": first["scores"]["csv"],
         "model": first["model"].get("line", ""),
         "exports": first["exports"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -20,6 +21,7 @@ from components.backends import (
     MaskSourceName,
     SegmenterNames,
     SynthesizerName,
+    get_mask_source,
     get_synthesizer,
 )
 from components.brats import IngestConfig
@@ -48,11 +50,40 @@ class DataStage(BaseModel):
         return self
 
 
+class ExtraMaskSource(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: MaskSourceName = Field(description="mask source backend (components.backends), e.g. ldm")
+    config: dict[str, Any] = Field(default_factory=dict, description="that source's own settings (ldm: profile, "
+                                   "per_case, seed, ...), checked by the backend when the config is read")
+
+    @model_validator(mode="after")
+    def _backend_config(self) -> ExtraMaskSource:
+        resolve = getattr(get_mask_source(self.source), "resolve_config", None)
+        if resolve is not None:
+            resolve(self.config)  # refuses bad settings now, in one sentence, before anything runs
+        return self
+
+
 class MasksStage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "masks"
     source: MaskSourceName = Field(DEFAULT_MASK_SOURCE, description="mask source backend (components.backends)")
     config: MaskAugmentConfig = MaskAugmentConfig(splits=("train",))
+    also: tuple[ExtraMaskSource, ...] = Field(
+        (), description="more mask sources whose masks join this stage's (e.g. ldm beside augment): each writes "
+        "<name>-<source>, and <name> holds all their masks (components.masks.combine) for every synthesizer")
+
+    @model_validator(mode="after")
+    def _distinct_sources(self) -> MasksStage:
+        names = [self.source, *(e.source for e in self.also)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"masks: each mask source once (source and also), got {names}")
+        return self
+
+    @property
+    def sources(self) -> list[tuple[str, Any]]:
+        """(backend, config) of every mask source, the primary first."""
+        return [(self.source, self.config), *((e.source, e.config) for e in self.also)]
 
 
 class SynthesizerStage(BaseModel):

@@ -20,3 +20,12 @@ def augment_masks_task(workspace: str, backend: str, source: str, source_manifes
 @task(name="mask-figures", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
 def mask_figures_task(workspace: str, backend: str, name: str, manifest_sha256: str, n_cases: int = 4) -> dict:
     return get_mask_source(backend).figures(workspace, name, n_cases)
+
+
+@task(name="combine-masks", cache_policy=CACHE, persist_result=True, **IO_RETRIES)
+def combine_masks_task(workspace: str, name: str, parts: dict[str, str], digests: dict[str, str]) -> str:
+    """One masks dataset holding every mask source's masks (components.masks.combine); ``digests`` (the
+    parts' manifest digests) key the cache."""
+    from components.masks.combine import combine_masks
+
+    return combine_masks(workspace, name, parts).manifest_digest

@@ -60,7 +60,7 @@ def test_the_slice_position_changes_the_decoding_and_only_through_film():
 
 def test_guidance_scale_zero_is_the_unconditional_model():
     from components.sbldm.config import DiffusionConfig, UNetConfig
-    from components.sbldm.diffusion import build_unet, ddim_sample, guided_epsilon
+    from components.sbldm.diffusion import build_unet, ddim_sample, guided_output
 
     torch.manual_seed(0)
     unet = build_unet(UNetConfig(channels=(8, 16), attention_levels=(False, False), num_head_channels=8,
@@ -72,12 +72,12 @@ def test_guidance_scale_zero_is_the_unconditional_model():
     feats = torch.randn(2, 3)
     with torch.no_grad():
         uncond = unet(x, t, None)
-        assert torch.equal(guided_epsilon(unet, x, t, feats, 0.0), uncond)
+        assert torch.equal(guided_output(unet, x, t, feats, 0.0), uncond)
         # the dropped condition of training is the same null embedding
         assert torch.allclose(unet(x, t, feats, drop=torch.tensor([True, True])), uncond, atol=1e-6)
-        cond = guided_epsilon(unet, x, t, feats, 1.0)
+        cond = guided_output(unet, x, t, feats, 1.0)
         assert (cond - uncond).abs().max() > 1e-4  # the features do reach the output
-        assert torch.allclose(guided_epsilon(unet, x, t, feats, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-5)
+        assert torch.allclose(guided_output(unet, x, t, feats, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-5)
     diffusion = DiffusionConfig(num_train_timesteps=50)
     a = ddim_sample(unet, feats[:1], (4, 4, 8), 2, diffusion, [torch.Generator().manual_seed(1)], 3, 0.0)
     b = ddim_sample(unet, None, (4, 4, 8), 2, diffusion, [torch.Generator().manual_seed(1)], 3, 1.0)
@@ -136,6 +136,7 @@ def test_train_then_synthesize_images_and_masks_through_the_backend(trained):
 
     ws, backend, summary = trained
     assert summary.run_id and summary.model_dir == ws / "models" / "m"
+    assert summary.montage == ws / "models" / "m" / "size_sweep.png" and summary.montage.is_file()
     assert len(backend.weights_digest(ws, "m")) == 64
     out = backend.synthesize(ws, "m", "tmasks", "syn", SynthesizeConfig(device="cpu", montage_cases=1))
     ds, masks, real = open_dataset(ws, "syn"), open_dataset(ws, "tmasks"), open_dataset(ws, "tiny")
@@ -172,6 +173,33 @@ def test_train_then_synthesize_images_and_masks_through_the_backend(trained):
     assert q.n_quarantined == len(bad) and (bad["status"] != STATUS_OK).all()
     assert all("plausibility checks" in r for r in bad["reason"])
     assert q.mask_pass_rate == pytest.approx(1 - len(bad) / len(qds.manifest))
+
+
+def test_a_failing_mask_is_drawn_again_up_to_max_draws_and_every_draw_is_scored(trained):
+    from components.sbldm.features import controllability_metrics
+    from components.sbldm.sampling import synthesize_dataset
+
+    ws, _, _ = trained
+    once = synthesize_dataset(ws, "m", "tmasks", "syn-1", SynthesizeConfig(device="cpu", montage_cases=0),
+                              failed_masks="quarantine")
+    out = synthesize_dataset(ws, "m", "tmasks", "syn-3", SynthesizeConfig(device="cpu", montage_cases=0),
+                             failed_masks="quarantine", max_draws=3)
+    ds = open_dataset(ws, "syn-3")
+    man = ds.manifest
+    block = ds.info["controllability"]
+    assert man["draws"].between(1, 3).all() and (man["draws"] > 1).any()  # the 6-step model needs redraws
+    assert ((man["draws"] == 3) | (man["mask_check"] == "")).all()  # a request stops at its first passing draw
+    assert block["n_checked"] == int(man["draws"].sum()) and block["max_draws"] == 3
+    assert block["request_ok_rate"] == pytest.approx((man["mask_check"] == "").mean())
+    assert out.n_ok == (man["status"] == STATUS_OK).sum() >= once.n_ok  # first draws are the same seeds
+    seeds = [json.loads(p)["draw"] for p in man["params"]]
+    assert seeds == [d - 1 for d in man["draws"]]
+    first = open_dataset(ws, "syn-1").manifest
+    same = man["draws"] == 1
+    assert (man.loc[same, "seed"].to_numpy() == first.loc[same.to_numpy(), "seed"].to_numpy()).all()
+    m = controllability_metrics(ws, "syn-3")
+    assert m["mask_pass_rate"] == pytest.approx(block["n_passed"] / block["n_checked"])
+    assert m["mask_request_ok_rate"] == pytest.approx(block["request_ok_rate"])
 
 
 def test_requests_from_a_features_csv(trained, tmp_path):
@@ -215,6 +243,69 @@ def test_a_vae_of_a_killed_run_with_other_settings_is_never_reused(trained, monk
     backend.train(ws, "tiny", "v", cfg, resume=True, track=False)  # the other VAE is not reused: trained again
     assert torch.load(ws / "models" / "v" / "vae.pt", weights_only=True)["config_sha256"] == cfg.stage_digest("vae")
     load_trained_sbldm(ws, "v", "cpu")
+
+
+def test_a_run_killed_in_the_diffusion_stage_resumes_from_its_checkpoint_to_the_same_weights(trained):
+    from components.synthesis.training import NullTracker
+
+    ws, backend, _ = trained
+    tiny = backend.resolve_config("tiny")
+    cfg = tiny.model_copy(update={"diffusion_train": tiny.diffusion_train.model_copy(
+        update={"steps": 6, "checkpoint_every": 2, "keep_checkpoints": 1, "log_every": 1})})
+    backend.train(ws, "tiny", "whole", cfg, track=False)
+    whole = torch.load(ws / "models" / "whole" / "diffusion.pt", weights_only=True)["unet"]
+
+    class KilledAtStep5(NullTracker):  # a run killed after its step-4 checkpoint
+        def log_metrics(self, metrics, step=None):
+            if step == 5 and "diffusion_loss" in metrics:
+                raise KeyboardInterrupt
+
+    import components.sbldm.training as training
+    from components.sbldm.store import sbldm_paths
+
+    paths = sbldm_paths(ws, "cut")
+    with pytest.raises(KeyboardInterrupt):
+        training._train(open_dataset(ws, "tiny"), paths, "cut", cfg, False, KilledAtStep5(), False)
+    assert [s for s, _ in paths.list_checkpoints()] == [4]  # keep_checkpoints 1
+    assert not paths.diffusion.is_file()
+    with pytest.raises(SbldmError, match="--resume"):
+        backend.train(ws, "tiny", "cut", cfg, track=False)
+    backend.train(ws, "tiny", "cut", cfg, resume=True, track=False)
+    card = json.loads(paths.config.read_text())
+    assert card["stages"]["diffusion"]["resumed_from_step"] == 4
+    resumed = torch.load(paths.diffusion, weights_only=True)["unet"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not paths.checkpoints.exists()  # the finished stage is diffusion.pt alone
+    log = pd.read_csv(paths.log("diffusion"))
+    assert log["step"].tolist() == [1, 2, 3, 4, 5, 6]  # cut at the checkpoint, then continued
+    # settings that only say when to checkpoint do not change the model's digest
+    every = cfg.model_copy(update={"diffusion_train": cfg.diffusion_train.model_copy(
+        update={"checkpoint_every": 5, "keep_checkpoints": 3})})
+    assert every.stage_digest("diffusion") == cfg.stage_digest("diffusion") != cfg.model_copy(
+        update={"diffusion_train": cfg.diffusion_train.model_copy(update={"lr": 5e-3})}).stage_digest("diffusion")
+
+
+def test_v_prediction_trains_on_the_velocity_and_samples(tiny_catalog_ws):
+    from components.backends import get_synthesizer
+    from components.sbldm.diffusion import build_scheduler
+    from components.sbldm.sampling import generate
+    from components.sbldm.store import load_trained_sbldm
+    from components.synthesis.sampling import make_generator
+
+    backend = get_synthesizer("sbldm")
+    tiny = backend.resolve_config("tiny")
+    cfg = tiny.model_copy(update={"diffusion": tiny.diffusion.model_copy(update={"prediction_type": "v_prediction"})})
+    assert cfg.stage_digest("diffusion") != tiny.stage_digest("diffusion")
+    sched = build_scheduler(cfg.diffusion)
+    x0, eps, t = torch.randn(2, 2, 4, 4, 4), torch.randn(2, 2, 4, 4, 4), torch.tensor([10, 90])
+    a = sched.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1, 1)
+    s = (1 - sched.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1, 1)
+    assert torch.allclose(sched.get_velocity(x0, eps, t), a * eps - s * x0, atol=1e-6)
+    backend.train(tiny_catalog_ws, "tiny", "mv", cfg, track=False)
+    tm = load_trained_sbldm(tiny_catalog_ws, "mv", "cpu")
+    assert tm.config.diffusion.prediction_type == "v_prediction"
+    x, labels = generate(tm, torch.zeros(1, len(tm.norm.columns)), [make_generator(3)])
+    assert torch.isfinite(x).all() and x.shape == (1, 4, 16, 16, 16)
 
 
 def test_profiles_and_refusals():

@@ -72,6 +72,9 @@ class StageConfig(FrozenModel):
 
 
 class DiffusionTrainConfig(StageConfig):
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints a killed run resumes from "
+                                  "(not part of the model's digest)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     condition_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of draws whose features are replaced "
                                      "by the learnt null embedding (what makes classifier-free guidance possible)")
 
@@ -110,6 +113,9 @@ class DiffusionConfig(FrozenModel):
     schedule: Literal["linear_beta", "scaled_linear_beta", "cosine"] = "scaled_linear_beta"
     beta_start: float = Field(0.0015, gt=0.0)
     beta_end: float = Field(0.0195, gt=0.0)
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="what the U-Net predicts: the noise, or v = alpha_t eps - sigma_t x0 (Salimans & Ho "
+        "2022), whose latent estimate at high noise is not the noise estimate divided by a small alpha_t")
 
 
 class SampleConfig(FrozenModel):
@@ -131,6 +137,8 @@ class GenerateConfig(FrozenModel):
     checks: CheckConfig | None = Field(None, description="check bounds; None: the masks dataset's own (its "
                                        "augmentation config), else the defaults")
     sweep_points: int = Field(5, ge=2, description="requested volumes in the size-sweep montage")
+    max_draws: int = Field(1, ge=1, le=100, description="masks drawn per request (each from its own recorded seed) "
+                           "until one passes the checks, as mask augmentation draws its candidates")
 
 
 class SbldmConfig(FrozenModel):
@@ -190,6 +198,8 @@ class SbldmConfig(FrozenModel):
     def stage_digest(self, stage: Literal["vae", "diffusion"]) -> str:
         """Digest of the settings a stage's weights depend on."""
         d = self.model_dump(mode="json")
+        for k in ("checkpoint_every", "keep_checkpoints"):  # when the weights are saved, not what they are
+            d["diffusion_train"].pop(k)
         keep = ["seed", "data", "vae", "vae_loss", "vae_train"]
         if stage == "diffusion":
             keep += ["features", "unet", "diffusion", "diffusion_train"]

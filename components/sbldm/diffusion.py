@@ -66,9 +66,10 @@ class FeatureConditionedUNet(nn.Module):
         return self.unet(x, timesteps=timesteps, class_labels=self.embed(features, drop, x.shape[0]))
 
 
-def guided_epsilon(unet: FeatureConditionedUNet, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor | None,
+def guided_output(unet: FeatureConditionedUNet, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor | None,
                    guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_null + s (eps_features - eps_null); s = 0 is the unconditional model."""
+    """Classifier-free guidance on the network output (epsilon or v, both linear in the score):
+    out_null + s (out_features - out_null); s = 0 is the unconditional model."""
     if guidance_scale == 0.0 or features is None:
         return unet(x, t, None)
     cond = unet(x, t, features)
@@ -83,7 +84,7 @@ def build_unet(cfg: UNetConfig, latent_channels: int, n_features: int) -> Featur
 
 
 def build_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm") -> DDPMScheduler | DDIMScheduler:
-    kw = {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule}
+    kw = {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule, "prediction_type": cfg.prediction_type}
     if cfg.schedule != "cosine":
         kw.update(beta_start=cfg.beta_start, beta_end=cfg.beta_end)
     if sampler == "ddim":
@@ -110,6 +111,6 @@ def ddim_sample(unet: FeatureConditionedUNet, features: torch.Tensor | None, sha
                   disable=None if progress is None else not progress):
         tt = torch.full((z.shape[0],), int(t), device=device, dtype=torch.long)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            eps = guided_epsilon(unet, z, tt, feats, guidance_scale).float()
-        z, _ = sched.step(eps, int(t), z, eta=0.0)
+            out = guided_output(unet, z, tt, feats, guidance_scale).float()
+        z, _ = sched.step(out, int(t), z, eta=0.0)
     return z

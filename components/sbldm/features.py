@@ -130,4 +130,6 @@ def controllability_metrics(workspace: str | Path, dataset: str) -> dict[str, fl
                          f"only datasets written by the sbldm synthesizer have one")
     out = {f"{CTRL_PREFIX}{k}": float(v) for k, v in block["mean_abs_error"].items()}
     out["mask_pass_rate"] = float(block["mask_pass_rate"])
+    if "request_ok_rate" in block:
+        out["mask_request_ok_rate"] = float(block["request_ok_rate"])
     return out

@@ -186,7 +186,8 @@ def _source_case(row: pd.Series) -> str:
 
 def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str, config: SynthesizeConfig | None = None,
                        *, features_csv: str | Path | None = None, guidance_scale: float | None = None,
-                       failed_masks: str | None = None, progress: bool | None = None) -> SbldmSynthesisSummary:
+                       failed_masks: str | None = None, max_draws: int | None = None,
+                       progress: bool | None = None) -> SbldmSynthesisSummary:
     """``config.samples_per_mask`` cases per request (ok mask of ``masks``, or row of ``features_csv``); registers
     dataset ``name``. Unset keyword arguments take the model profile's ``generate``/``sample`` values."""
     cfg = config or SynthesizeConfig()
@@ -220,6 +221,10 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
     base = {"backend": BACKEND, "sampler": "ddim", "steps": steps, "eta": 0.0, "guidance_scale": scale, "model": tm.name,
             "model_step": tm.step, "device": str(tm.device), "requests": str(csv_path) if csv_path else masks}
     rows: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []  # every generated mask, accepted or not: what the generator is scored on
+    max_draws = int(mcfg.generate.max_draws if max_draws is None else max_draws)
+    if max_draws < 1:
+        raise SbldmError(f"max_draws must be at least 1, got {max_draws}")
     n_written = 0
     t_sampling = 0.0
     bar = tqdm(total=len(requests) * cfg.samples_per_mask, desc=f"synthesize {name}", unit="volume",
@@ -237,25 +242,31 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
                     quality_score=math.nan, fingerprint=""))
                 bar.update(1)
                 continue
-            cid, seed = f"{req.mask_case}-syn{k}", case_seed(cfg.seed, req.mask_case, k)
-            params = json.dumps({**base, "sample_index": k}, sort_keys=True)
+            cid = f"{req.mask_case}-syn{k}"
             feats = torch.from_numpy(tm.norm.normalise(req.features, where=f"request {req.mask_case}"))[None]
-            ts = time.perf_counter()
-            x, labels = generate(tm, feats, [make_generator(seed, tm.device)], steps, scale)
-            t_sampling += time.perf_counter() - ts
             fc = req.fitted
-            lab = labels[0].numpy() * req.window  # what falls in the padding is not written, so not measured
-            seg_m, head_m = seg_from_labels(lab, tm.scheme)
-            got = measure(seg_m, mcfg.features, tm.scheme, spacing_of(fc.affine))
-            extra = {**{f"req_{c}": req.features[c] for c in columns}, **{f"gen_{c}": got[c] for c in columns},
-                     **control_errors(req.features, got, columns)}
-            xi = x[0].numpy()
-            # back onto the output grid: images (shifted to >= 0) and the generated labels (0 in the padding)
-            back = fc.to_grid(np.concatenate([xi + 1.0, lab[None].astype(np.float32)]))
-            seg_g, head_g = seg_from_labels(np.rint(back[4]).astype(np.uint8), tm.scheme)
             ref = mask_reference(fc.grid_seg, fc.grid_head, check_regions, spacing_of(fc.grid_affine), checks)
-            reasons = check_mask(seg_g, head_g, ref, checks) if head_g.any() else ["empty_head"]
-            extra["mask_check"] = ",".join(reasons)
+            for draw in range(max_draws):  # as mask augmentation: a failing candidate is drawn again, max_draws in all
+                seed = case_seed(cfg.seed, req.mask_case if draw == 0 else f"{req.mask_case}:draw{draw}", k)
+                ts = time.perf_counter()
+                x, labels = generate(tm, feats, [make_generator(seed, tm.device)], steps, scale)
+                t_sampling += time.perf_counter() - ts
+                lab = labels[0].numpy() * req.window  # what falls in the padding is not written, so not measured
+                seg_m, head_m = seg_from_labels(lab, tm.scheme)
+                got = measure(seg_m, mcfg.features, tm.scheme, spacing_of(fc.affine))
+                extra = {**{f"req_{c}": req.features[c] for c in columns}, **{f"gen_{c}": got[c] for c in columns},
+                         **control_errors(req.features, got, columns)}
+                xi = x[0].numpy()
+                # back onto the output grid: images (shifted to >= 0) and the generated labels (0 in the padding)
+                back = fc.to_grid(np.concatenate([xi + 1.0, lab[None].astype(np.float32)]))
+                seg_g, head_g = seg_from_labels(np.rint(back[4]).astype(np.uint8), tm.scheme)
+                reasons = check_mask(seg_g, head_g, ref, checks) if head_g.any() else ["empty_head"]
+                extra["mask_check"] = ",".join(reasons)
+                candidates.append(dict(extra))
+                if not reasons:
+                    break
+            extra["draws"] = draw + 1
+            params = json.dumps({**base, "sample_index": k, "draw": draw}, sort_keys=True)
             score = quality_score(xi, seg_m, head_m, tm.scheme, tm.stats["quality_reference"]) if head_m.any() else math.nan
             if reasons and failed == "quarantine":
                 row = quarantine_row(
@@ -278,7 +289,12 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
             bar.update(1)
     bar.close()
     manifest = pd.DataFrame(rows)
-    control = summarise(rows, columns)
+    control = summarise(candidates, columns)
+    written = [r for r in rows if "draws" in r]
+    control.update(max_draws=max_draws, n_requests=len(written),
+                   request_ok_rate=(sum(1 for r in written if r["mask_check"] == "") / len(written)) if written else math.nan,
+                   scope="mean_abs_error, mask_pass_rate and rejections are over every generated mask (all draws); "
+                         "request_ok_rate is the share of requests that got a passing mask within max_draws")
     out = register_synthetic(
         workspace, name, manifest, mds, label_scheme=tm.scheme.name,
         config={**cfg.model_dump(mode="json"), "backend": BACKEND, "steps": steps, "guidance_scale": scale,
@@ -303,7 +319,7 @@ def synthesize_dataset(workspace: str | Path, model: str, masks: str, name: str,
 # --------------------------------------------------------------------------- size sweep
 def size_sweep_montage(workspace: str | Path, model: str, out: str | Path | None = None,
                        volumes_mm3: list[float] | None = None, seed: int = 0, steps: int | None = None,
-                       guidance_scale: float | None = None, device: str = "auto") -> Path:
+                       guidance_scale: float | None = None, device: str = "auto", progress: bool | None = None) -> Path:
     """PNG montage of generated cases for a sweep of requested whole-tumour volumes (small to large) at one
     fixed centre (the training mean), all from the same seed. Every other feature starts at the training
     mean; surfaces scale as V^(2/3) and bounding boxes as V^(1/3) with the volume (per region)."""
@@ -322,6 +338,8 @@ def size_sweep_montage(workspace: str | Path, model: str, out: str | Path | None
         volumes_mm3 = np.geomspace(lo_v, hi_v, tm.config.generate.sweep_points).tolist()
     spacing = tm.config.data.spacing or (1.0, 1.0, 1.0)
     affine = np.diag([*spacing, 1.0])
+    window = tm.stats["normalisation"]
+    lo, hi = (np.array([window[k][m] for m in MODALITIES]) for k in ("lo", "hi"))
     cases = []
     for v in volumes_mm3:
         r = float(v) / mean[vkey]
@@ -334,10 +352,11 @@ def size_sweep_montage(workspace: str | Path, model: str, out: str | Path | None
             elif c.startswith("bbox_"):
                 req[c] = mean[c] * r ** (1 / 3)
         x, labels = generate(tm, torch.from_numpy(norm.normalise(req))[None], [make_generator(seed, tm.device)], steps,
-                             guidance_scale)
-        seg, _ = seg_from_labels(labels[0].numpy(), tm.scheme)
+                             guidance_scale, progress)
+        seg, head = seg_from_labels(labels[0].numpy(), tm.scheme)
         got = measure(seg, tm.config.features, tm.scheme, spacing)
+        images = denormalise(x[0].numpy(), head, lo, hi)  # intensities, 0 outside the head (the montage's window)
         cases.append({"case_id": f"asked {v / 1000:.1f} cm3\ngot {got[vkey] / 1000:.1f} cm3",
-                      "images": {m: x[0, c].numpy() for c, m in enumerate(MODALITIES)}, "seg": seg, "affine": affine})
+                      "images": {m: images[c] for c, m in enumerate(MODALITIES)}, "seg": seg, "affine": affine})
     path = Path(out) if out is not None else tm.paths.root / "size_sweep.png"
     return render_montage(cases, path, f"sbldm {model}: requested whole-tumour volume sweep, one centre, seed {seed}")

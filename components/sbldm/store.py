@@ -7,6 +7,8 @@ stats.json           intensity window (samples -> intensities) + quality referen
 vae.pt               the slice VAE (its state dict holds the latent scale factor), step, config digest
 diffusion.pt         the feature-conditioned U-Net (EMA weights when on), feature normalisation, step, digest
 train_log_<stage>.csv  loss curves
+checkpoints/         diffusion_<step>.pt mid-stage checkpoints (U-Net, EMA, optimiser, generators) a killed run resumes from
+size_sweep.png       generated cases for a sweep of requested tumour volumes at one centre
 prepared/            cached prepared training cases (shared code with ddpm)
 ```
 Everything is read back with ``torch.load(..., weights_only=True)``.
@@ -61,6 +63,21 @@ class SbldmPaths:
 
     def log(self, stage: str) -> Path:
         return self.root / f"train_log_{stage}.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"diffusion_{step:07d}.pt"
+
+    def list_checkpoints(self) -> list[tuple[int, Path]]:
+        """The diffusion stage's checkpoints, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(p.stem.split("_")[1]), p) for p in self.checkpoints.glob("diffusion_*.pt")
+                 if p.stem.split("_")[1].isdigit()]
+        return sorted(found)
 
 
 def sbldm_paths(workspace: str | Path, name: str) -> SbldmPaths:

@@ -171,42 +171,89 @@ def encode_training_set(vae: SliceVAE, ts: TrainingSet, scheme: LabelScheme, cfg
 
 
 # --------------------------------------------------------------------------- the diffusion stage
+def _read_log(path: Path, upto: int) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [r for r in ({k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)) if r["step"] <= upto]
+
+
+def _diffusion_checkpoint(paths: SbldmPaths, digest: str, steps: int) -> tuple[int, dict[str, Any] | None]:
+    """The newest diffusion checkpoint written under these settings (step, blob), else (0, None)."""
+    existing = paths.list_checkpoints()
+    if not existing:
+        return 0, None
+    step, path = existing[-1]
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("config_sha256") != digest or step > steps:
+        log.info("the diffusion checkpoints in %s belong to other settings: the stage starts again", paths.checkpoints)
+        for _, old in existing:
+            old.unlink(missing_ok=True)
+        return 0, None
+    log.info("resuming the sbldm diffusion stage from step %d (%s)", step, path.name)
+    return step, blob
+
+
 def train_diffusion(unet: torch.nn.Module, latents: torch.Tensor, features: torch.Tensor, cfg: SbldmConfig,
-                    device: torch.device, tracker: Any, log_path: Path, progress: bool | None = None
-                    ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """epsilon-prediction DDPM loss on the scaled latents; the features of a draw are dropped (null embedding)
-    with probability ``condition_dropout``. Returns the weights to sample with (the EMA when on)."""
+                    device: torch.device, tracker: Any, paths: SbldmPaths, resume: bool = False,
+                    progress: bool | None = None) -> tuple[torch.nn.Module, list[dict[str, float]], int]:
+    """DDPM loss on the scaled latents (target: the noise, or v for ``prediction_type: v_prediction``); the
+    features of a draw are dropped (null embedding) with probability ``condition_dropout``. Checkpoints every
+    ``checkpoint_every`` steps; ``resume`` continues from the newest one of the same settings. Returns the
+    weights to sample with (the EMA when on), the loss log and the step it started from."""
     st = cfg.diffusion_train
+    digest = cfg.stage_digest("diffusion")
     sched = build_scheduler(cfg.diffusion, "ddpm")
-    data_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "diffusion", "data"))
-    noise_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "diffusion", "noise"))
+    gens = {k: torch.Generator().manual_seed(derive_seed(cfg.seed, "diffusion", k)) for k in ("data", "noise")}
     opt = torch.optim.AdamW(unet.parameters(), lr=st.lr)
     ema = copy.deepcopy(unet).eval() if st.ema_decay is not None else None
-    rows: list[dict[str, float]] = []
+    start, blob = _diffusion_checkpoint(paths, digest, st.steps) if resume else (0, None)
+    if not resume:
+        for _, old in paths.list_checkpoints():
+            old.unlink(missing_ok=True)
+    if blob is not None:
+        unet.load_state_dict(blob["unet"])
+        opt.load_state_dict(blob["opt"])
+        if ema is not None:
+            ema.load_state_dict(blob["ema"])
+        for k, g in gens.items():
+            g.set_state(blob[f"rng_{k}"])
+    rows = _read_log(paths.log("diffusion"), start) if start else []
+    elapsed0 = rows[-1]["elapsed_s"] if rows else 0.0
     t0 = time.perf_counter()
     unet.train()
-    for step in tqdm(range(1, st.steps + 1), desc="sbldm diffusion", unit="step",
-                     disable=None if progress is None else not progress):
-        idx = torch.randint(len(latents), (st.batch_size,), generator=data_gen)
+    for step in tqdm(range(start + 1, st.steps + 1), desc="sbldm diffusion", unit="step", initial=start,
+                     total=st.steps, disable=None if progress is None else not progress):
+        idx = torch.randint(len(latents), (st.batch_size,), generator=gens["data"])
         x0, f = latents[idx].to(device), features[idx].to(device)
-        noise = torch.randn(x0.shape, generator=noise_gen).to(device)
-        t = torch.randint(cfg.diffusion.num_train_timesteps, (st.batch_size,), generator=noise_gen).to(device)
-        drop = (torch.rand(st.batch_size, generator=noise_gen) < st.condition_dropout).to(device)
+        noise = torch.randn(x0.shape, generator=gens["noise"]).to(device)
+        t = torch.randint(cfg.diffusion.num_train_timesteps, (st.batch_size,), generator=gens["noise"]).to(device)
+        drop = (torch.rand(st.batch_size, generator=gens["noise"]) < st.condition_dropout).to(device)
         with _autocast(cfg, device):
             pred = unet(sched.add_noise(x0, noise, t), t, f, drop)
-        loss = F.mse_loss(pred.float(), noise)
+        target = sched.get_velocity(x0, noise, t) if cfg.diffusion.prediction_type == "v_prediction" else noise
+        loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if ema is not None:
             update_ema(ema, unet, ema_decay_at(float(st.ema_decay), step))
         if step % st.log_every == 0 or step == st.steps:
-            r = {"step": step, "loss": loss.item(), "elapsed_s": time.perf_counter() - t0}
+            r = {"step": step, "loss": loss.item(), "elapsed_s": elapsed0 + time.perf_counter() - t0}
             rows.append(r)
             tracker.log_metrics({"diffusion_loss": r["loss"]}, step=step)
-    _write_log(log_path, "diffusion", rows)
+        if step % st.checkpoint_every == 0 and step < st.steps:
+            # the log first: a run killed between the two resumes from the previous checkpoint and cuts the log there
+            _write_log(paths.log("diffusion"), "diffusion", rows)
+            paths.checkpoints.mkdir(parents=True, exist_ok=True)
+            _save(paths.checkpoint(step), {"unet": _state(unet), "ema": _state(ema) if ema is not None else {},
+                                           "opt": opt.state_dict(), "step": step, "config_sha256": digest,
+                                           **{f"rng_{k}": g.get_state() for k, g in gens.items()}})
+            for _, old in paths.list_checkpoints()[:-st.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+    _write_log(paths.log("diffusion"), "diffusion", rows)
     out = ema if ema is not None else unet
-    return out.eval(), rows
+    return out.eval(), rows, start
 
 
 # --------------------------------------------------------------------------- entry point
@@ -266,7 +313,9 @@ def _train(ds: Dataset, paths: SbldmPaths, name: str, cfg: SbldmConfig, resume: 
             prev = {**prev, "config": cfg.model_dump(mode="json"),
                     "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
             write_json_atomic(paths.config, prev)
-        return _summary(paths, name, prev, t_call, note="already trained with these settings")
+        done = _summary(paths, name, prev, t_call, note="already trained with these settings")
+        done.montage = paths.root / "size_sweep.png" if (paths.root / "size_sweep.png").is_file() else None
+        return done
     if (paths.vae.is_file() or paths.diffusion.is_file()) and not resume:
         raise SbldmError(f"model {name!r} already has weights in {paths.root}: pass --resume to continue it (a finished "
                          f"VAE of the same settings is kept), or choose another --name")
@@ -341,16 +390,36 @@ def _train(ds: Dataset, paths: SbldmPaths, name: str, cfg: SbldmConfig, resume: 
         torch.manual_seed(seeds["init"])
         unet = build_unet(cfg.unet, cfg.vae.latent_channels, len(columns)).to(device)
     t0 = time.perf_counter()
-    unet, rows = train_diffusion(unet, enc["latents"] * scale, feats, cfg, device, tracker, paths.log("diffusion"),
-                                 progress)
+    # checkpoints continue only on a reused VAE: a retrained one may encode differently (GPU kernels)
+    unet, rows, start = train_diffusion(unet, enc["latents"] * scale, feats, cfg, device, tracker, paths,
+                                        resume=reuse, progress=progress)
     _save(paths.diffusion, {"unet": _state(unet), "step": cfg.diffusion_train.steps, "feature_norm": norm.to_dict(),
                             "scale_factor": scale, "config_sha256": cfg.stage_digest("diffusion")})
-    card["stages"]["diffusion"] = {"done": True, "steps": cfg.diffusion_train.steps, "seconds": time.perf_counter() - t0,
+    for _, done in paths.list_checkpoints():  # the finished stage is diffusion.pt
+        done.unlink(missing_ok=True)
+    if paths.checkpoints.is_dir() and not any(paths.checkpoints.iterdir()):
+        paths.checkpoints.rmdir()
+    card["stages"]["diffusion"] = {"done": True, "steps": cfg.diffusion_train.steps, "resumed_from_step": start,
+                                   "seconds": (rows[-1]["elapsed_s"] if rows else 0.0) or time.perf_counter() - t0,
                                    "final_loss": rows[-1]["loss"] if rows else None,
                                    "n_parameters": int(sum(p.numel() for p in unet.parameters()))}
     card["updated"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     write_json_atomic(paths.config, card)
-    for p in (paths.config, paths.log("vae"), paths.log("diffusion")):
-        if p.is_file():
+    sweep = _size_sweep(paths, name)
+    for p in (paths.config, paths.log("vae"), paths.log("diffusion"), sweep):
+        if p is not None and p.is_file():
             tracker.log_artifact(p)
-    return _summary(paths, name, card, t_call)
+    out = _summary(paths, name, card, t_call)
+    out.montage = sweep
+    return out
+
+
+def _size_sweep(paths: SbldmPaths, name: str) -> Path | None:
+    """The trained model's size-sweep montage (``size_sweep.png``): small to large whole tumour at one centre."""
+    from components.sbldm.sampling import size_sweep_montage
+
+    try:
+        return size_sweep_montage(paths.root.parents[1], name, progress=False)
+    except (ImportError, OSError, RuntimeError, ValueError) as err:  # a figure never fails a finished training
+        log.warning("model %s: size-sweep montage not drawn (%s)", name, err)
+        return None
