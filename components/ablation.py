@@ -504,6 +504,36 @@ def synthesizer_of(plan: MixPlan, synthetic: Dataset | None) -> str:
     return str(synthetic.info.get("synthesizer") or synthetic.info.get("model") or synthetic.name)
 
 
+def mix_case_files(plans: Sequence[MixPlan], real: Dataset, synthetic: Dataset | None) -> dict[str, Any]:
+    """For a segmenter that reads the cases' own files (no copy, no preprocessing): ``cases`` (every case a
+    configuration trains on: real ids from ``real``, synthetic ids from ``synthetic``, their files by key)
+    and ``data`` (what those files are: the two datasets and their manifest digests)."""
+    wanted = {c for p in plans for c in p.train_ids}
+    real_cases = {c.case_id: c for c in cases_from_dataset(real, ("train",))}
+    syn_cases = {c.case_id: c for c in cases_from_dataset(synthetic, ("train",))} if synthetic is not None else {}
+    both = sorted(set(real_cases) & set(syn_cases) & wanted)
+    if both:
+        raise AblationError(f"case ids {both[:5]} are in both the real dataset {real.name!r} and the synthetic "
+                            f"dataset {synthetic.name!r}: a configuration's cases need one id each")
+    if synthetic is not None and synthetic.label_scheme.name != real.label_scheme.name:
+        raise AblationError(f"synthetic dataset {synthetic.name!r} ({synthetic.root / 'dataset.json'}) has label "
+                            f"scheme {synthetic.label_scheme.name!r}; expected the real dataset's "
+                            f"{real.label_scheme.name!r}")
+    cases = {}
+    for plan in plans:
+        for cid in plan.train_ids:
+            source = real_cases if cid in plan.real_ids else syn_cases
+            ds = real if cid in plan.real_ids else synthetic
+            if cid not in source:
+                raise AblationError(f"configuration {plan.name}: case {cid} is not an ok, labelled train-split "
+                                    f"case of dataset {ds.name if ds is not None else '-'!r}")
+            cases[cid] = {k: str(v) for k, v in source[cid].files.items()}
+    return {"cases": dict(sorted(cases.items())),
+            "data": {"real": real.name, "real_manifest_sha256": real.manifest_digest,
+                     "synthetic": synthetic.name if synthetic is not None else "",
+                     "synthetic_manifest_sha256": synthetic.manifest_digest if synthetic is not None else ""}}
+
+
 def run_configuration(
     workspace: str | Path, ablation: str, plan: MixPlan, real: Dataset, synthetic: Dataset | None,
     cfg: AblationConfig, parent_run_id: str, data: Mapping[str, Any], generator: GeneratorRecord | None = None,
@@ -581,10 +611,16 @@ def run_configuration(
                     frame.to_csv(tmp, index=False)
             result.per_case_csv = str(per_case)
             metrics = {**segmentation_metric_means(report.table), **extra.metrics}
+            own_metrics = getattr(segmenter, "metrics", None)  # a segmenter's own scores (ldmseg: variance vs error)
+            if own_metrics is not None:
+                metrics.update(own_metrics(out_dir / "predictions"))
             result.metrics = metrics
             run.log_metrics(finite_metrics(metrics))
             run.log_artifact(per_case)
             run.log_artifact(out_dir / "extra_scores.csv")
+            own_files = getattr(segmenter, "artifacts", None)  # e.g. ldmseg's variance maps and calibration figure
+            for path in own_files(out_dir / "predictions") if own_files is not None else ():
+                run.log_artifact(path, "segmenter")
             if cfg.montage_cases:
                 montage = prediction_montage(tests[: cfg.montage_cases], preds, out_dir / "predictions.png",
                                              plan.name, segmenter.label)

@@ -41,7 +41,9 @@ SYNTHESIZERS.register("ldm", lazy("components.backends.ldm", "LdmSynthesizer"))
 SYNTHESIZERS.register("sbldm", lazy("components.backends.sbldm", "SbldmSynthesizer"))
 SEGMENTERS.register("nnunet", lazy("components.backends.nnunet", "NnunetSegmenter"))
 SEGMENTERS.register("segresnet", lazy("components.backends.segresnet", "SegresnetSegmenter"))
+SEGMENTERS.register("ldmseg", lazy("components.backends.ldmseg", "LdmsegSegmenter"))
 MASK_SOURCES.register("augment", lazy("components.backends.augment", "AugmentMasks"))
+MASK_SOURCES.register("ldm", lazy("components.backends.ldm_masks", "LdmMasks"))
 
 
 def register_synthesizer(name: str, factory: Callable[[], Synthesizer], *, replace: bool = False) -> None:

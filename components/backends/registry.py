@@ -155,6 +155,11 @@ class Segmenter(Protocol):
                 config: AblationConfig, data: Mapping[str, Any], gpu: str | None) -> dict[str, Path]:
         """Label maps of ``{case_id: [t1n, t1c, t2w, t2f]}`` in the cases' label scheme, one NIfTI per case."""
 
+    # Optional: ``metrics(predictions_dir) -> dict[str, float]`` and ``artifacts(predictions_dir) -> list[Path]``,
+    # what only this segmenter measures or draws of its predictions (ldmseg: variance against error, the
+    # variance maps and the calibration figure); the configuration's MLflow run logs them (artifacts
+    # under ``segmenter/``) and summary.csv keeps the metrics.
+
 
 class MaskSource(Protocol):
     """Makes a masks dataset (augmented or new tumour masks) from a labelled dataset."""

@@ -10,9 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.ablation import AblationConfig, AblationError, MixPlan
+from components.ablation import AblationConfig, AblationError, MixPlan, mix_case_files
 from components.backends.registry import FittedSegmenter
-from components.export import cases_from_dataset
 from components.segmentation.segresnet import CHANNELS, SCHEDULES, SegresnetSchedule
 from data_catalog import Dataset, load_label_scheme
 
@@ -30,31 +29,10 @@ class SegresnetSegmenter:
                 synthetic: Dataset | None, config: AblationConfig) -> dict[str, Any]:
         """The files of every case a configuration trains on (real ids from ``real``, synthetic ids from
         ``synthetic``), and what those files are (manifest digests): nothing is copied or preprocessed."""
-        wanted = {c for p in plans for c in p.train_ids}
-        real_cases = {c.case_id: c for c in cases_from_dataset(real, ("train",))}
-        syn_cases = {c.case_id: c for c in cases_from_dataset(synthetic, ("train",))} if synthetic is not None else {}
-        both = sorted(set(real_cases) & set(syn_cases) & wanted)
-        if both:
-            raise AblationError(f"case ids {both[:5]} are in both the real dataset {real.name!r} and the synthetic "
-                                f"dataset {synthetic.name!r}: a configuration's cases need one id each")
-        if synthetic is not None and synthetic.label_scheme.name != real.label_scheme.name:
-            raise AblationError(f"synthetic dataset {synthetic.name!r} ({synthetic.root / 'dataset.json'}) has label "
-                                f"scheme {synthetic.label_scheme.name!r}; expected the real dataset's "
-                                f"{real.label_scheme.name!r}")
-        cases = {}
-        for plan in plans:
-            for cid in plan.train_ids:
-                source = real_cases if cid in plan.real_ids else syn_cases
-                ds = real if cid in plan.real_ids else synthetic
-                if cid not in source:
-                    raise AblationError(f"configuration {plan.name}: case {cid} is not an ok, labelled train-split "
-                                        f"case of dataset {ds.name if ds is not None else '-'!r}")
-                cases[cid] = {k: str(v) for k, v in source[cid].files.items()}
+        files = mix_case_files(plans, real, synthetic)
         return {"workspace": str(Path(workspace).resolve()), "ablation": ablation,
-                "label_scheme": real.label_scheme.name, "cases": dict(sorted(cases.items())),
-                "data": {"real": real.name, "real_manifest_sha256": real.manifest_digest,
-                         "synthetic": synthetic.name if synthetic is not None else "",
-                         "synthetic_manifest_sha256": synthetic.manifest_digest if synthetic is not None else ""}}
+                "label_scheme": real.label_scheme.name, "cases": files["cases"],
+                "data": files["data"]}
 
     def params(self, plan: MixPlan, config: AblationConfig, data: Mapping[str, Any]) -> dict[str, Any]:
         from components.segmentation.segresnet import resolve_device
