@@ -147,7 +147,7 @@ def _masks_flags() -> tuple[Flags, ...]:
     from components.masks import MaskAugmentConfig
     from flows.masks import AugmentMasksParams
 
-    return (Flags(AugmentMasksParams, skip=("config",)),
+    return (Flags(AugmentMasksParams, skip=("config", "source_config")),
             Flags(MaskAugmentConfig, "config", only=("per_case", "seed", "max_draws", "splits", "workers")))
 
 

@@ -21,9 +21,10 @@ class AugmentMasksParams(StageParams):
     name: str = Field(description="name of the masks dataset to write")
     backend: MaskSourceName = Field(DEFAULT_MASK_SOURCE, description="mask source backend (components.backends "
                                     "registry; augment: seeded, checked augmentations of the source's own masks)")
-    config: MaskAugmentConfig | dict[str, Any] = Field(
-        MaskAugmentConfig(), union_mode="left_to_right", description="the source's settings (augment: "
-        "MaskAugmentConfig; another source: its own, read by the backend's resolve_config)")
+    config: MaskAugmentConfig = MaskAugmentConfig()
+    source_config: dict[str, Any] | None = Field(None, description="settings of a mask source that has its own "
+                                                  "(ldm: profile, per_case, seed, ...), read by its resolve_config "
+                                                  "in place of config")
 
 
 @flow(name="augment-masks")
@@ -31,7 +32,8 @@ def augment_masks_flow(params: AugmentMasksParams) -> dict:
     logger, ws = get_run_logger(), params.root
     masks = get_mask_source(params.backend)
     resolve = getattr(masks, "resolve_config", None)
-    config = resolve(params.config) if resolve is not None else params.config
+    given = params.source_config if params.source_config is not None else params.config
+    config = resolve(given) if resolve is not None else params.config
     src = open_dataset(ws, params.source)
     summary = run_cached(
         augment_masks_task, masks.outputs(ws, params.name), workspace=ws, backend=params.backend,

@@ -68,8 +68,9 @@ def pipeline_flow(config_path: str = "configs/demo.yaml", workspace: str | None 
         mask_parts, mask_metrics = {}, {}
         for src, src_cfg in cfg.masks.sources:
             part = cfg.masks.name + sfx if not cfg.masks.also else f"{cfg.masks.name}-{src}{sfx}"
+            settings = {"source_config": src_cfg} if isinstance(src_cfg, dict) else {"config": src_cfg}
             made = augment_masks_flow(AugmentMasksParams(source=real_name, name=part, workspace=ws, backend=src,
-                                                         config=src_cfg))
+                                                         **settings))
             if not mask_parts:  # the primary source's summary and figures lead
                 masks = made
             mask_parts[src] = part

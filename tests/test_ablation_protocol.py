@@ -208,7 +208,7 @@ def test_study_and_demo_configs_validate():
     assert any(f < 0.5 for f in study.ablation.real_fractions)
     assert np.isclose(min(study.ablation.real_fractions), 0.3, atol=0.05)
     compare = load_config("configs/compare.yaml")  # both synthesizers crossed with both segmenters
-    assert {g.backend for g in compare.generators} == {"ddpm", "ldm"}
+    assert {g.backend for g in compare.generators} == {"ddpm", "ldm", "sbldm"}
     assert set(compare.ablation.segmenters) == {"nnunet", "segresnet"}
 
 

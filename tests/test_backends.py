@@ -169,8 +169,8 @@ def toy_backends():
 # --------------------------------------------------------------------------- registries (fast, no Prefect)
 def test_an_unknown_backend_is_one_sentence_naming_the_known_ones():
     for get, kind, registry, builtin in ((get_synthesizer, "synthesizer", SYNTHESIZERS, {"ddpm", "ldm", "sbldm"}),
-                                         (get_segmenter, "segmenter", SEGMENTERS, {"nnunet", "segresnet"}),
-                                         (get_mask_source, "mask source", MASK_SOURCES, {"augment"})):
+                                         (get_segmenter, "segmenter", SEGMENTERS, {"nnunet", "segresnet", "ldmseg"}),
+                                         (get_mask_source, "mask source", MASK_SOURCES, {"augment", "ldm"})):
         assert builtin <= set(registry.names())
         with pytest.raises(InputError) as err:
             get("nope")

@@ -16,6 +16,7 @@ from components.masks.combine import MASK_SOURCE_COLUMN, CombineMasksError, comb
 from components.synthesis.config import SynthesizeConfig
 from data_catalog import STATUS_OK, open_dataset
 from tests import builders as b
+from tests.test_backends import toy_backends  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +77,38 @@ def test_the_pipeline_config_takes_more_mask_sources_once_each(tmp_path):
         path.write_text(yaml.safe_dump(cfg))
         with pytest.raises(ConfigError, match=says):
             load_config(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.usefixtures("prefect_harness", "toy_backends")
+def test_a_pipeline_with_ldm_masks_beside_augment(tmp_path):
+    import mlflow
+
+    from components.labelldm.config import PROFILES_DIR
+    from components.tracking import tracking_uri
+    from flows.pipeline import pipeline_flow
+    from tests.test_pipeline import TINY
+
+    prof = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    prof["data"]["shape"] = [24, 32, 24]  # the 8 mm phantom's heads (tiny's 16^3 would cut them)
+    profile = tmp_path / "labels.yaml"
+    profile.write_text(yaml.safe_dump(prof))
+    cfg = {"workspace": str(tmp_path / "ws"), **TINY, "synthesizer": {"name": "s", "backend": "toy", "profile": "default"}}
+    cfg["masks"] = {**TINY["masks"], "also": [{"source": "ldm", "config": {
+        "profile": str(profile), "per_case": 1, "seed": 0,
+        "checks": {"volume_mm3_wt": [20.0, 1.0e7], "nesting_tolerance": 0.5}}}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = pipeline_flow(config_path=str(path))
+    ws = tmp_path / "ws"
+    masks = open_dataset(ws, "m")
+    assert set(masks.manifest[MASK_SOURCE_COLUMN]) == {"augment", "ldm"}
+    assert set(masks.info["parts"]) == {"augment", "ldm"}
+    syn = open_dataset(ws, "syn").ok_cases()
+    assert set(syn["mask_case"]) <= set(masks.ok_cases()["case_id"])
+    assert [r["status"] for r in out["ablation_table"]] == ["ok", "ok"]
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(ws))
+    parent = client.get_run(out["parent_run_id"])
+    ldm = open_dataset(ws, "m-ldm").manifest
+    assert parent.data.metrics["masks_ldm_mask_pass_rate"] == pytest.approx((ldm["status"] == STATUS_OK).mean())
