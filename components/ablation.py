@@ -534,6 +534,17 @@ def mix_case_files(plans: Sequence[MixPlan], real: Dataset, synthetic: Dataset |
                      "synthetic_manifest_sha256": synthetic.manifest_digest if synthetic is not None else ""}}
 
 
+def plan_case_files(plan: MixPlan, data: Mapping[str, Any], who: str) -> dict[str, dict[str, str]]:
+    """The files of ``plan``'s training cases from ``mix_case_files``' ``cases`` in ``data`` (refused, naming
+    the cases, when ``prepare`` was given other configurations)."""
+    cases = data["cases"]
+    missing = [c for c in plan.train_ids if c not in cases]
+    if missing:
+        raise AblationError(f"configuration {plan.name}: cases {missing[:5]} were not prepared for {who} "
+                            f"(prepare was given other configurations)")
+    return {c: cases[c] for c in plan.train_ids}
+
+
 def run_configuration(
     workspace: str | Path, ablation: str, plan: MixPlan, real: Dataset, synthetic: Dataset | None,
     cfg: AblationConfig, parent_run_id: str, data: Mapping[str, Any], generator: GeneratorRecord | None = None,

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.ablation import AblationConfig, AblationError, MixPlan, mix_case_files
+from components.ablation import AblationConfig, MixPlan, mix_case_files, plan_case_files
 from components.backends.registry import FittedSegmenter
 from components.export import cases_from_dataset
 from data_catalog import Dataset
@@ -69,12 +69,7 @@ class LdmsegSegmenter:
     def fit(self, plan: MixPlan, config: AblationConfig, data: Mapping[str, Any], gpu: str | None) -> FittedSegmenter:
         from components.segmentation.ldmseg import train
 
-        cases = data["cases"]
-        missing = [c for c in plan.train_ids if c not in cases]
-        if missing:
-            raise AblationError(f"configuration {plan.name}: cases {missing[:5]} were not prepared for LDM-seg "
-                                f"(prepare was given other configurations)")
-        trained = train(self.model_dir(plan, data), {c: cases[c] for c in plan.train_ids}, data["label_scheme"],
+        trained = train(self.model_dir(plan, data), plan_case_files(plan, data, "LDM-seg"), data["label_scheme"],
                         _config(config, plan.seed), gpu=gpu, data=data["data"], label=plan.name)
         return FittedSegmenter(model_dir=trained.model_dir, train_keys=trained.train_keys, label=f"LDM-seg {plan.name}",
                                record={"ldmseg_train_keys": list(trained.train_keys),

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.ablation import AblationConfig, AblationError, MixPlan, mix_case_files
+from components.ablation import AblationConfig, MixPlan, mix_case_files, plan_case_files
 from components.backends.registry import FittedSegmenter
 from components.segmentation.segresnet import CHANNELS, SCHEDULES, SegresnetSchedule
 from data_catalog import Dataset, load_label_scheme
@@ -62,12 +62,7 @@ class SegresnetSegmenter:
     def fit(self, plan: MixPlan, config: AblationConfig, data: Mapping[str, Any], gpu: str | None) -> FittedSegmenter:
         from components.segmentation.segresnet import train
 
-        cases = data["cases"]
-        missing = [c for c in plan.train_ids if c not in cases]
-        if missing:
-            raise AblationError(f"configuration {plan.name}: cases {missing[:5]} were not prepared for SegResNet "
-                                f"(prepare was given other configurations)")
-        trained = train(self.model_dir(plan, data), {c: cases[c] for c in plan.train_ids}, data["label_scheme"],
+        trained = train(self.model_dir(plan, data), plan_case_files(plan, data, "SegResNet"), data["label_scheme"],
                         _schedule(config), seed=plan.seed, gpu=gpu, data=data["data"], label=plan.name)
         return FittedSegmenter(model_dir=trained.model_dir, train_keys=trained.train_keys,
                                label=f"SegResNet {plan.name}",
