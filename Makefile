@@ -29,8 +29,9 @@ $(STAMP): requirements.txt Makefile
 demo: setup
 	$(PY) -m flows pipeline --config configs/demo.yaml --workspace $(WS)
 
-# Two synthesizers (ddpm, ldm) crossed with two segmenters (nnunet, segresnet) in one ablation on the
-# phantom (configs/compare.yaml); reuses what `make demo` left in the same workspace.
+# Three synthesizers (ddpm, ldm, sbldm) crossed with three segmenters (nnunet, segresnet, ldmseg) in one
+# ablation on the phantom, with masks from augmentation and from the label-map LDM (configs/compare.yaml);
+# reuses what `make demo` left in the same workspace.
 compare: setup
 	$(PY) -m flows pipeline --config configs/compare.yaml --workspace $(WS)
 

@@ -1,8 +1,10 @@
 """The one base of every settings model: frozen (hashable, never edited in place) and strict about
-field names (a misspelt setting is refused, not ignored)."""
+field names (a misspelt setting is refused, not ignored); the profile folders, and the checks and the
+--steps replacement several backends' settings share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -16,7 +18,37 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def check_levels(name: str, channels: tuple[int, ...], norm_num_groups: int,
+                 attention_levels: tuple[bool, ...] | None = None) -> None:
+    """Refuse a network config ``name`` (autoencoder, unet, ...) whose ``attention_levels`` do not give one entry
+    per level of ``channels``, or whose channels GroupNorm cannot split into ``norm_num_groups`` groups."""
+    if attention_levels is not None and len(attention_levels) != len(channels):
+        raise ValueError(f"{name}.attention_levels needs one entry per level ({len(channels)}), "
+                         f"got {len(attention_levels)}")
+    bad = [c for c in channels if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"{name} channels {bad} are not multiples of norm_num_groups={norm_num_groups}")
+
+
+def check_latent_grid(grid: Sequence[int], unet_channels: tuple[int, ...], how: str) -> None:
+    """Refuse a latent ``grid`` (``how`` it comes from data.shape, for the message) whose sides the latent U-Net's
+    ``len(unet_channels) - 1`` halvings do not divide."""
+    g = 2 ** (len(unet_channels) - 1)
+    bad = [s for s in grid if s % g]
+    if bad:
+        raise ValueError(f"latent grid {grid} ({how}): with {len(unet_channels)} U-Net levels every side must be a "
+                         f"multiple of {g}; {bad} are not")
+
+
 M = TypeVar("M", bound=BaseModel)
+
+
+def with_stage_steps(config: M, stage: str, steps: int | None) -> M:
+    """``config`` with ``steps`` in place of the steps of its stage settings ``stage`` (``diffusion_train``,
+    ``train``), or ``config`` itself when ``steps`` is None: what the --steps option does."""
+    if steps is None:
+        return config
+    return config.model_copy(update={stage: getattr(config, stage).model_copy(update={"steps": int(steps)})})
 
 
 class ProfileDir(Generic[M]):

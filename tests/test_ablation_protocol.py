@@ -207,9 +207,10 @@ def test_study_and_demo_configs_validate():
     assert len(study.ablation.config.seeds) >= 3 and set(study.ablation.config.ratios) >= {0, 0.5, 1, 2}
     assert any(f < 0.5 for f in study.ablation.real_fractions)
     assert np.isclose(min(study.ablation.real_fractions), 0.3, atol=0.05)
-    compare = load_config("configs/compare.yaml")  # both synthesizers crossed with both segmenters
+    compare = load_config("configs/compare.yaml")  # every synthesizer crossed with every segmenter
     assert {g.backend for g in compare.generators} == {"ddpm", "ldm", "sbldm"}
-    assert set(compare.ablation.segmenters) == {"nnunet", "segresnet"}
+    assert set(compare.ablation.segmenters) == {"nnunet", "segresnet", "ldmseg"}
+    assert [a.source for a in compare.masks.also] == ["ldm"]  # label-model masks beside augmentation
 
 
 def test_the_summary_survives_when_every_crossed_synthetic_configuration_failed(tmp_path):

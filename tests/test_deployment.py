@@ -137,8 +137,7 @@ def test_readme_deployment_commands_after_make_serve(tmp_path):
         assert second.returncode == 2 and "already answers" in second.stderr, second.stderr[-3000:]
 
         os.killpg(serve.pid, signal.SIGTERM)
-        serve.wait(timeout=30)
-        assert served_api_url(home) is None  # the profile went back to temporary servers
+        serve.wait(timeout=30)  # make itself exits at once; its python child finishes shutting down after it
         t_gone = time.monotonic()
         while time.monotonic() - t_gone < 30:  # uvicorn's and the worker's shutdown, on 2 busy cores
             try:
@@ -149,6 +148,7 @@ def test_readme_deployment_commands_after_make_serve(tmp_path):
         else:
             left = subprocess.run(["ps", "-o", "pid,etime,args", "-g", str(serve.pid)], capture_output=True, text=True)
             raise AssertionError(f"the server or worker of make serve outlived it by 30 s:\n{left.stdout}")
+        assert served_api_url(home) is None  # once make serve is gone, the profile is back to temporary servers
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGTERM)

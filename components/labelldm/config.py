@@ -16,15 +16,24 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from components.config_base import FrozenModel, ProfileDir
+from components.config_base import FrozenModel, ProfileDir, check_latent_grid, check_levels
 from components.errors import InputError
 from components.ldm.config import LatentDiffusionConfig, StageConfig, UNetConfig
-from components.synthesis.config import DataConfig
+from components.synthesis.config import BackendConfig
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "labelldm"
 
 Stage = Literal["autoencoder", "diffusion", "controlnet"]
 STAGES: tuple[Stage, ...] = ("autoencoder", "diffusion", "controlnet")
+
+
+class LabelDiffusionConfig(LatentDiffusionConfig):
+    """The label model's forward process; its U-Net may predict the noise, v or the clean latent."""
+
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(  # type: ignore[assignment]
+        "epsilon", description="what the U-Net (and the ControlNet steering it) predicts: the noise, v = alpha_t eps - "
+        "sigma_t z0 (Salimans & Ho 2022) or the clean latent z0; with few DDIM steps from pure noise, v and z0 give "
+        "a usable latent estimate at high noise where epsilon divides its error by a small alpha_t")
 
 
 class LabelLdmError(InputError):
@@ -48,12 +57,7 @@ class LabelAutoencoderConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> LabelAutoencoderConfig:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"autoencoder.attention_levels needs one entry per level ({len(self.channels)}), "
-                             f"got {len(self.attention_levels)}")
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"autoencoder channels {bad} are not multiples of norm_num_groups={self.norm_num_groups}")
+        check_levels("autoencoder", self.channels, self.norm_num_groups, self.attention_levels)
         return self
 
 
@@ -91,6 +95,9 @@ class SegmenterConfig(FrozenModel):
                                           "(None: autoencoder_train.steps)")
     diffusion_steps: int | None = Field(None, ge=1, description="label diffusion steps for the segmenter "
                                         "(None: diffusion_train.steps)")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = Field(
+        None, description="what the segmenter's diffusion U-Net and ControlNet predict (None: diffusion.prediction_type); "
+        "the segmenter samples with few DDIM steps from pure noise, where v keeps the latent estimate usable")
     controlnet: ControlNetConfig = ControlNetConfig()
     controlnet_train: StageConfig = StageConfig(steps=1000, batch_size=2, lr=1e-4)
     samples: int = Field(4, ge=1, le=256, description="N samples per case; their mean is thresholded")
@@ -99,22 +106,16 @@ class SegmenterConfig(FrozenModel):
     calibration_bins: int = Field(10, ge=2, le=100, description="variance bins of the calibration figure")
 
 
-class LabelLdmConfig(FrozenModel):
+class LabelLdmConfig(BackendConfig):
     """Everything that defines one trained label model (and, with ``segmenter``, one ldmseg model)."""
 
     backend: Literal["labelldm"] = "labelldm"
-    profile: str = "custom"
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="bfloat16 autocast on a GPU; ignored on the CPU")
-    data: DataConfig
     autoencoder: LabelAutoencoderConfig = LabelAutoencoderConfig()
     loss: LabelLossConfig = LabelLossConfig()
     autoencoder_train: StageConfig
     unet: UNetConfig = UNetConfig(channels=(64, 128, 128), attention_levels=(False, False, True),
                                   num_head_channels=(0, 0, 32), num_res_blocks=1, norm_num_groups=16)
-    diffusion: LatentDiffusionConfig = LatentDiffusionConfig()
+    diffusion: LabelDiffusionConfig = LabelDiffusionConfig()
     diffusion_train: StageConfig
     latent: Literal["posterior_mean"] = Field(
         "posterior_mean", description="the diffusion learns the encoder's posterior means; the scale factor is 1 / "
@@ -137,11 +138,7 @@ class LabelLdmConfig(FrozenModel):
         if self.data.train_crop is not None:
             raise ValueError("data.train_crop: the label model trains on whole label maps (GroupNorm sees the whole "
                              "grid at sampling time); set it to null")
-        g = 2 ** (len(self.unet.channels) - 1)
-        bad = [s for s in self.latent_shape if s % g]
-        if bad:
-            raise ValueError(f"latent grid {list(self.latent_shape)} (data.shape / {f}): with {len(self.unet.channels)} "
-                             f"U-Net levels every side must be a multiple of {g}; {bad} are not")
+        check_latent_grid(list(self.latent_shape), self.unet.channels, f"data.shape / {f}")
         n_emb = len(self.segmenter.controlnet.embedding_channels)
         if n_emb != len(self.autoencoder.channels):
             raise ValueError(f"segmenter.controlnet.embedding_channels needs {len(self.autoencoder.channels)} entries "
@@ -160,6 +157,8 @@ class LabelLdmConfig(FrozenModel):
             update["autoencoder_train"] = self.autoencoder_train.model_copy(update={"steps": s.autoencoder_steps})
         if s.diffusion_steps is not None:
             update["diffusion_train"] = self.diffusion_train.model_copy(update={"steps": s.diffusion_steps})
+        if s.prediction_type is not None:
+            update["diffusion"] = self.diffusion.model_copy(update={"prediction_type": s.prediction_type})
         if seed is not None:
             update["seed"] = int(seed)
         return self.model_copy(update=update)
@@ -177,17 +176,5 @@ class LabelLdmConfig(FrozenModel):
 
 
 PROFILES = ProfileDir(PROFILES_DIR, LabelLdmConfig, LabelLdmError, "labelldm")
-
-
-def list_profiles() -> list[str]:
-    return PROFILES.names()
-
-
-def check_profile(profile: str) -> None:
-    """Refuse an unknown profile in one sentence (no torch)."""
-    PROFILES.check(profile)
-
-
-def load_profile(profile: str | Path) -> LabelLdmConfig:
-    """A profile by name (``configs/labelldm/<name>.yaml``) or from a YAML file path."""
-    return PROFILES.load(profile)
+# the profiles by name (configs/labelldm/<name>.yaml) or YAML path: list, refuse an unknown one, read (no torch)
+list_profiles, check_profile, load_profile = PROFILES.names, PROFILES.check, PROFILES.load

@@ -85,6 +85,9 @@ class LdmMasksConfig(FrozenModel):
     profile: str = Field("cpu-demo", description="label model profile: configs/labelldm/<name>.yaml or a YAML path")
     per_case: int = Field(2, ge=1, le=10_000, description="generated masks per train case (written on its grid)")
     seed: int = Field(0, ge=0, description="seed of the samples (the model's own seed is the profile's)")
+    max_draws: int = Field(1, ge=1, le=100, description="label maps drawn per requested mask, each from its own "
+                           "recorded seed, until one passes the checks (as augment's candidates); the pass rate "
+                           "counts every draw")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="None: the profile's device")
     checks: CheckConfig = CheckConfig()
     cleanup_fragments: bool = Field(True, description="remove tumour components smaller than "
@@ -101,7 +104,7 @@ class LdmMasksConfig(FrozenModel):
 
     @classmethod
     def coerce(cls, config: BaseModel | None) -> LdmMasksConfig:
-        """This config from itself, from a ``MaskAugmentConfig`` (its per_case, seed, checks and montage_cases;
+        """This config from itself, from a ``MaskAugmentConfig`` (its per_case, seed, checks, max_draws and montage_cases;
         the ldm source always generates for the train split only) or from a model with the same fields."""
         if config is None:
             return cls()
@@ -112,7 +115,7 @@ class LdmMasksConfig(FrozenModel):
                 log.info("mask source ldm: generates for the train split only (the config asks for %s)",
                          list(config.splits))
             return cls(per_case=config.per_case, seed=config.seed, checks=config.checks,
-                       montage_cases=config.montage_cases)
+                       montage_cases=config.montage_cases, max_draws=min(config.max_draws, 100))
         try:
             return cls.model_validate(config.model_dump())
         except ValueError as err:
@@ -135,6 +138,8 @@ class LdmMasksSummary:
     n_failed: int
     pass_rate: float
     rejections: dict[str, int]
+    n_draws: int
+    request_ok_rate: float
     realism: dict[str, float]
     seconds: float
     train_seconds: float
@@ -144,13 +149,14 @@ class LdmMasksSummary:
 
     def line(self) -> str:
         return (f"{self.name}: {self.n_ok}/{self.n_requested} label-model masks on {self.n_sources} {self.source} train "
-                f"cases, plausibility pass rate {self.pass_rate:.1%}, {self.seconds:.1f} s "
+                f"cases, plausibility pass rate {self.pass_rate:.1%} of {self.n_draws} draws, {self.seconds:.1f} s "
                 f"({'model reused' if self.model_reused else f'model trained in {self.train_seconds:.0f} s'}) -> {self.path}")
 
     def report(self) -> str:
         """Multi-line text: pass rate, rejections per check reason, the realism scores beside their floors."""
-        lines = [self.line(), f"  masks sampled: {self.n_requested}, plausible: {self.n_ok} ({self.pass_rate:.1%}), "
-                              f"quarantined: {self.n_failed}"]
+        lines = [self.line(), f"  masks requested: {self.n_requested}, served: {self.n_ok} ({self.request_ok_rate:.1%}), "
+                              f"quarantined: {self.n_failed}; label maps drawn: {self.n_draws}, plausible: "
+                              f"{self.pass_rate:.1%}"]
         for r in CHECK_REASONS:
             lines.append(f"  {r:<20} rejected {self.rejections.get(r, 0):>4}")
         m = self.realism
@@ -226,6 +232,11 @@ def _write_case(folder: Path, cid: str, arrays: dict[str, np.ndarray], affine: n
 
 def mask_id(case_id: str, k: int) -> str:
     return f"{case_id}-ldm{k:03d}"
+
+
+def draw_seed(seed: int, case_id: str, k: int, draw: int) -> int:
+    """Seed of draw ``draw`` of mask ``k`` on case ``case_id``: the first is augment's mask seed, redraws their own."""
+    return mask_seed(seed, case_id if draw == 0 else f"{case_id}:draw{draw}", k)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -305,53 +316,64 @@ def make_ldm_masks(workspace: str | Path, source: str, name: str, config: BaseMo
     with atomic_path(out / SOURCE_FEATURES, suffix=".parquet") as tmp:
         src_df.to_parquet(tmp, index=False)
 
-    # ---- sample, put each mask on its host's grid, check, write
+    # ---- sample, put each mask on its host's grid, check, write; a failing request is drawn again
     requests = [(cid, k) for cid in hosts for k in range(cfg.per_case)]
-    rows: list[dict[str, Any]] = []
+    done: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray | None]] = {}
     rejections: Counter = Counter()
-    fid_gen: list[np.ndarray | None] = []
-    removed_total = 0
+    removed_total = n_draws = n_draws_ok = 0
     s = mcfg.sample
     bar = tqdm(total=len(requests), desc=f"masks {name}", unit="mask", disable=progress_off)
-    for start in range(0, len(requests), s.batch):
-        part = requests[start:start + s.batch]
-        seeds = [mask_seed(cfg.seed, cid, k) for cid, k in part]
-        maps = sample_label_maps(model, seeds, s.steps, s.eta, len(part))
-        for (cid, k), seed, cmap in zip(part, seeds, maps, strict=True):
-            h = hosts[cid]
-            mid = mask_id(cid, k)
-            back = to_source_grid(cmap[None].astype(np.float32), h["fc"], h["affine"], h["shape"], mode="nearest")[0]
-            classes = np.rint(back).astype(np.uint8)
-            seg, check_head, head, removed = shape_mask(
-                classes, scheme, h["spacing"], cfg.checks.min_fragment_mm3 if cfg.cleanup_fragments else None)
-            removed_total += removed
-            ref = population_reference(refs, regions, cfg.checks, h["spacing"], h["head_faces"])
-            reasons = _check(seg, check_head, ref, cfg.checks, regions, h["spacing"])
-            params = json.dumps({"backend": "ldm", "model": model_name, "model_digest": model.digest, "seed": seed,
-                                 "sampler": "ddim", "steps": s.steps, "eta": s.eta, "host_case": cid,
-                                 "fragments_removed_voxels": removed}, sort_keys=True)
-            row: dict[str, Any] = {"case_id": mid, "split": "train", "source_case": cid, "seed": seed}
-            if reasons:
-                rejections.update(reasons)
-                failed = quarantine_row(
-                    mid, f"generated mask {k} on the grid of train case {cid}: failed the plausibility checks "
-                         f"({', '.join(reasons)}); expected none (see components.masks.checks)",
-                    "train", file_keys=("seg", "head"), host_case=cid, draws=1, params=params,
-                    labels=[int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))])
-                row.update((c, failed[c]) for c in _FAILED_COLUMNS)
-            else:
-                written = _write_case(out / "cases", mid, {"seg": seg, "head": head.astype(np.uint8)}, h["affine"])
-                row.update(status=STATUS_OK, reason="", seg=f"cases/{mid}/{written['seg']}",
-                           head=f"cases/{mid}/{written['head']}", sha256_seg=written["sha256_seg"],
-                           sha256_head=written["sha256_head"], host_case=cid, draws=1, params=params,
-                           labels=[int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))])
-                row.update(mask_features(seg, regions, h["spacing"]))
-                fid_gen.append(label_map_features(_classes_of(seg, head, scheme), h["spacing"], classes_n)
-                               if cfg.fid else None)
-            row.update(shape=[int(v) for v in h["shape"]], spacing=[float(v) for v in h["spacing"]])
-            rows.append(row)
-            bar.update(1)
+    pending = list(requests)
+    for draw in range(cfg.max_draws):
+        failing = []
+        for start in range(0, len(pending), s.batch):
+            part = pending[start:start + s.batch]
+            seeds = [draw_seed(cfg.seed, cid, k, draw) for cid, k in part]
+            maps = sample_label_maps(model, seeds, s.steps, s.eta, len(part))
+            for (cid, k), seed, cmap in zip(part, seeds, maps, strict=True):
+                h = hosts[cid]
+                mid = mask_id(cid, k)
+                back = to_source_grid(cmap[None].astype(np.float32), h["fc"], h["affine"], h["shape"], mode="nearest")[0]
+                classes = np.rint(back).astype(np.uint8)
+                seg, check_head, head, removed = shape_mask(
+                    classes, scheme, h["spacing"], cfg.checks.min_fragment_mm3 if cfg.cleanup_fragments else None)
+                removed_total += removed
+                n_draws += 1
+                ref = population_reference(refs, regions, cfg.checks, h["spacing"], h["head_faces"])
+                reasons = _check(seg, check_head, ref, cfg.checks, regions, h["spacing"])
+                params = json.dumps({"backend": "ldm", "model": model_name, "model_digest": model.digest, "seed": seed,
+                                     "draw": draw, "sampler": "ddim", "steps": s.steps, "eta": s.eta, "host_case": cid,
+                                     "fragments_removed_voxels": removed}, sort_keys=True)
+                row: dict[str, Any] = {"case_id": mid, "split": "train", "source_case": cid, "seed": seed,
+                                       "shape": [int(v) for v in h["shape"]], "spacing": [float(v) for v in h["spacing"]]}
+                labels = [int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))]
+                if reasons:
+                    rejections.update(reasons)
+                    if draw + 1 < cfg.max_draws:
+                        failing.append((cid, k))
+                        continue
+                    failed = quarantine_row(
+                        mid, f"generated mask {k} on the grid of train case {cid}: none of {cfg.max_draws} draws passed "
+                             f"the plausibility checks (last: {', '.join(reasons)}); expected one (see "
+                             f"components.masks.checks)",
+                        "train", file_keys=("seg", "head"), host_case=cid, draws=draw + 1, params=params, labels=labels)
+                    row.update((c, failed[c]) for c in _FAILED_COLUMNS)
+                    done[(cid, k)] = (row, None)
+                else:
+                    n_draws_ok += 1
+                    written = _write_case(out / "cases", mid, {"seg": seg, "head": head.astype(np.uint8)}, h["affine"])
+                    row.update(status=STATUS_OK, reason="", seg=f"cases/{mid}/{written['seg']}",
+                               head=f"cases/{mid}/{written['head']}", sha256_seg=written["sha256_seg"],
+                               sha256_head=written["sha256_head"], host_case=cid, draws=draw + 1, params=params,
+                               labels=labels)
+                    row.update(mask_features(seg, regions, h["spacing"]))
+                    done[(cid, k)] = (row, label_map_features(_classes_of(seg, head, scheme), h["spacing"], classes_n)
+                                      if cfg.fid else None)
+                bar.update(1)
+        pending = failing
     bar.close()
+    rows = [done[r][0] for r in requests]
+    fid_gen = [done[r][1] for r in requests if done[r][0]["status"] == STATUS_OK]
     manifest = pd.DataFrame(rows)
     manifest["seed"] = manifest["seed"].astype("int64")
     for col in feature_columns(list(regions)):
@@ -359,7 +381,7 @@ def make_ldm_masks(workspace: str | Path, source: str, name: str, config: BaseMo
             manifest[col] = np.nan
     remove_stale_cases(out, set(manifest.loc[manifest["status"] == STATUS_OK, "case_id"]))
     n_ok = int((manifest["status"] == STATUS_OK).sum())
-    pass_rate = n_ok / len(manifest)
+    pass_rate = n_draws_ok / n_draws  # over every draw: redrawing a failing request does not flatter it
 
     # ---- realism against the held-out real test masks (features only: no test file enters the dataset)
     realism = _realism(src, test, manifest, src_df.iloc[sorted(fid_pick)].reset_index(drop=True), fid_gen, fid_train,
@@ -367,7 +389,8 @@ def make_ldm_masks(workspace: str | Path, source: str, name: str, config: BaseMo
     summary = LdmMasksSummary(
         name=name, source=source, model=model_name, n_sources=len(hosts), n_requested=len(requests), n_ok=n_ok,
         n_failed=len(requests) - n_ok, pass_rate=pass_rate,
-        rejections={r: int(rejections.get(r, 0)) for r in CHECK_REASONS}, realism=realism["metrics"],
+        rejections={r: int(rejections.get(r, 0)) for r in CHECK_REASONS}, n_draws=n_draws,
+        request_ok_rate=n_ok / len(requests), realism=realism["metrics"],
         seconds=0.0, train_seconds=trained.train_seconds, model_reused=not trained.trained, path=str(out),
         splits={"train": n_ok})
     summary.seconds = time.perf_counter() - t0
@@ -378,7 +401,8 @@ def make_ldm_masks(workspace: str | Path, source: str, name: str, config: BaseMo
         extra={
             "modalities": [], "source": source, "mask_source": "ldm",
             "generation": {**asdict(summary), "fragments_removed_voxels": removed_total,
-                           "pass_rate_definition": "ok masks / masks sampled (one draw per mask, no retries)"},
+                           "pass_rate_definition": "plausible label maps / label maps drawn (every draw of every "
+                                                     "request); request_ok_rate: requests served within max_draws"},
             "label_model": {"name": model_name, "path": str(root), "digest": model.digest,
                             "profile": mcfg.profile, "train_cases": card["train_cases"], "dataset": source,
                             "scale_factor": model.scale_factor, "stages": card["stages"]},
@@ -449,7 +473,8 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
 
 # --------------------------------------------------------------------------- what the pipeline logs
 def mask_realism_metrics(workspace: str | Path, name: str) -> dict[str, float]:
-    """Flat metrics of an ``ldm`` masks dataset for MLflow: ``mask_pass_rate``, ``mask_fid`` /
+    """Flat metrics of an ``ldm`` masks dataset for MLflow: ``mask_pass_rate`` (over every draw),
+    ``mask_request_ok_rate`` (requests served within max_draws), ``mask_fid`` /
     ``mask_fid_floor``, ``mask_wdist_<feature>`` / ``..._floor``, ``mask_realism_n`` (LabelLdmError for a
     dataset the ldm mask source did not write)."""
     ds = open_dataset(workspace, name)
@@ -457,7 +482,10 @@ def mask_realism_metrics(workspace: str | Path, name: str) -> dict[str, float]:
         raise LabelLdmError(f"dataset {name!r} ({ds.root / 'dataset.json'}) was not written by mask source ldm: "
                             f"expected 'mask_source': 'ldm' and a 'generation' block, found mask_source "
                             f"{ds.info.get('mask_source')!r}")
-    out = {"mask_pass_rate": float(ds.info["generation"]["pass_rate"])}
+    gen = ds.info["generation"]
+    out = {"mask_pass_rate": float(gen["pass_rate"])}
+    if "request_ok_rate" in gen:
+        out["mask_request_ok_rate"] = float(gen["request_ok_rate"])
     out.update({k: float(v) for k, v in ds.info.get("realism", {}).get("metrics", {}).items()})
     return out
 

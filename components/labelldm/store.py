@@ -16,58 +16,29 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.io import sha256_file
 from components.labelldm.config import LabelLdmConfig, LabelLdmError, Stage
+from components.model_store import ModelFolder, files_digest, read_json
 from data_catalog import LabelScheme, load_label_scheme
 
 if TYPE_CHECKING:
     import torch
 
-CHECKPOINT_RE = re.compile(r"^(autoencoder|diffusion|controlnet)_(\d+)\.pt$")
-
 
 @dataclass(frozen=True)
-class LabelModelPaths:
-    root: Path
-
-    @property
-    def card(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "prepared"
-
-    def stage(self, stage: Stage) -> Path:
-        return self.root / f"{stage}.pt"
-
-    def log(self, stage: Stage) -> Path:
-        return self.root / f"train_log_{stage}.csv"
-
-    def checkpoint(self, stage: Stage, step: int) -> Path:
-        return self.checkpoints / f"{stage}_{step:07d}.pt"
-
-    def list_checkpoints(self, stage: Stage) -> list[tuple[int, Path]]:
-        if not self.checkpoints.is_dir():
-            return []
-        found = [(int(m.group(2)), p) for p in self.checkpoints.iterdir()
-                 if (m := CHECKPOINT_RE.match(p.name)) and m.group(1) == stage]
-        return sorted(found)
+class LabelModelPaths(ModelFolder):
+    card = ModelFolder.config
+    stage = ModelFolder.stage_file
+    log = ModelFolder.stage_log
+    checkpoint = ModelFolder.stage_checkpoint
+    list_checkpoints = ModelFolder.stage_checkpoints
 
 
 def read_card(paths: LabelModelPaths) -> dict[str, Any]:
-    return json.loads(paths.card.read_text(encoding="utf-8")) if paths.card.is_file() else {}
+    return read_json(paths.card) if paths.card.is_file() else {}
 
 
 def stage_done(paths: LabelModelPaths, card: dict[str, Any], stage: Stage, key: str | None = None) -> bool:
@@ -78,7 +49,7 @@ def stage_done(paths: LabelModelPaths, card: dict[str, Any], stage: Stage, key: 
 
 
 def weights_digest(paths: LabelModelPaths, stages: tuple[Stage, ...]) -> str:
-    return hashlib.sha256("".join(sha256_file(paths.stage(s)) for s in stages).encode()).hexdigest()
+    return files_digest(paths.stage(s) for s in stages)
 
 
 @dataclass

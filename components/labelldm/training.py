@@ -380,6 +380,15 @@ def _train_autoencoder(ae: torch.nn.Module, cases: PreparedCases, cfg: LabelLdmC
     return rows
 
 
+def diffusion_target(scheduler: Any, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to output for ``scheduler.prediction_type``: the noise (Ho et al. 2020, eq. 14),
+    v (MONAI's ``get_velocity``) or the clean latent."""
+    kind = scheduler.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z, noise, t)
+    return z if kind == "sample" else noise
+
+
 def _train_diffusion(unet: torch.nn.Module, latents: torch.Tensor, cfg: LabelLdmConfig, paths: LabelModelPaths,
                      key: str, card: dict[str, Any], device: torch.device, progress: bool | None,
                      stop_after: int | None) -> torch.nn.Module:
@@ -397,7 +406,7 @@ def _train_diffusion(unet: torch.nn.Module, latents: torch.Tensor, cfg: LabelLdm
         t = torch.randint(0, T, (st.batch_size,), generator=gens["noise"]).to(device)
         with _autocast(cfg, device):
             pred = unet(scheduler.add_noise(z, noise, t), timesteps=t)
-        loss = F.mse_loss(pred.float(), noise)  # epsilon objective (Ho et al. 2020, eq. 14)
+        loss = F.mse_loss(pred.float(), diffusion_target(scheduler, z, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -435,7 +444,7 @@ def _train_controlnet(unet: torch.nn.Module, latents: torch.Tensor, index: list[
         with _autocast(cfg, device):
             down, mid = cn(noisy, timesteps=t, controlnet_cond=cond, conditioning_scale=seg_cfg.controlnet.conditioning_scale)
             pred = unet(noisy, timesteps=t, down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        loss = F.mse_loss(pred.float(), noise)
+        loss = F.mse_loss(pred.float(), diffusion_target(scheduler, z, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

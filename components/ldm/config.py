@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from components.config_base import FrozenModel, ProfileDir
+from components.config_base import FrozenModel, ProfileDir, check_latent_grid, check_levels, with_stage_steps
 from components.errors import InputError
-from components.synthesis.config import DataConfig, SampleConfig
+from components.synthesis.config import BackendConfig, SampleConfig
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "ldm"
 
@@ -42,12 +42,7 @@ class AutoencoderConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderConfig:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"autoencoder.attention_levels needs one entry per level ({len(self.channels)}), "
-                             f"got {len(self.attention_levels)}")
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"autoencoder channels {bad} are not multiples of norm_num_groups={self.norm_num_groups}")
+        check_levels("autoencoder", self.channels, self.norm_num_groups, self.attention_levels)
         return self
 
 
@@ -82,12 +77,7 @@ class UNetConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"unet.attention_levels needs one entry per level ({len(self.channels)}), "
-                             f"got {len(self.attention_levels)}")
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"unet channels {bad} are not multiples of norm_num_groups={self.norm_num_groups}")
+        check_levels("unet", self.channels, self.norm_num_groups, self.attention_levels)
         return self
 
 
@@ -118,16 +108,10 @@ class AutoencoderStageConfig(StageConfig):
     crop: tuple[int, int, int] | None = Field(None, description="random crop of the model grid per draw (None: whole grid)")
 
 
-class LdmConfig(FrozenModel):
+class LdmConfig(BackendConfig):
     """Everything that defines one trained ldm synthesizer."""
 
     backend: Literal["ldm"] = "ldm"
-    profile: str = "custom"
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="bfloat16 autocast on a GPU; ignored on the CPU")
-    data: DataConfig
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     loss: LossConfig = LossConfig()
@@ -162,11 +146,7 @@ class LdmConfig(FrozenModel):
                              f"{bad} are not")
         if crop is not None and any(c > s for c, s in zip(crop, self.data.shape, strict=True)):
             raise ValueError(f"autoencoder_train.crop {crop} must fit inside data.shape {self.data.shape}")
-        g = 2 ** (len(self.unet.channels) - 1)
-        bad = [s for s in self.latent_shape if s % g]
-        if bad:
-            raise ValueError(f"latent grid {self.latent_shape} (data.shape / {f}): with {len(self.unet.channels)} "
-                             f"U-Net levels every side must be a multiple of {g}; {bad} are not")
+        check_latent_grid(self.latent_shape, self.unet.channels, f"data.shape / {f}")
         if self.sample.steps > self.diffusion.num_train_timesteps:
             raise ValueError(f"sample.steps {self.sample.steps} exceeds num_train_timesteps "
                              f"{self.diffusion.num_train_timesteps}")
@@ -180,9 +160,7 @@ class LdmConfig(FrozenModel):
 
     def with_steps(self, steps: int | None) -> LdmConfig:
         """The same config with the diffusion stage's steps replaced (the --steps option)."""
-        if steps is None:
-            return self
-        return self.model_copy(update={"diffusion_train": self.diffusion_train.model_copy(update={"steps": int(steps)})})
+        return with_stage_steps(self, "diffusion_train", steps)
 
     def stage_digest(self, stage: Literal["autoencoder", "diffusion"]) -> str:
         """Digest of the settings a stage's weights depend on (steps excluded: a longer run extends a shorter one)."""
@@ -200,22 +178,5 @@ class LdmConfig(FrozenModel):
 
 
 PROFILES = ProfileDir(PROFILES_DIR, LdmConfig, LdmError, "ldm")
-
-
-def list_profiles() -> list[str]:
-    return PROFILES.names()
-
-
-def profile_path(profile: str | Path) -> Path | None:
-    """The YAML file of ``profile`` (a name in ``configs/ldm/`` or a path), or None when there is none."""
-    return PROFILES.path(profile)
-
-
-def check_profile(profile: str) -> None:
-    """Refuse an unknown profile in one sentence (no torch)."""
-    PROFILES.check(profile)
-
-
-def load_profile(profile: str | Path) -> LdmConfig:
-    """Read a profile by name (``configs/ldm/<name>.yaml``) or from a YAML file path."""
-    return PROFILES.load(profile)
+# the profiles by name (configs/ldm/<name>.yaml) or YAML path: list, find, refuse an unknown one, read (no torch)
+list_profiles, profile_path, check_profile, load_profile = PROFILES.names, PROFILES.path, PROFILES.check, PROFILES.load

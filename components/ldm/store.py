@@ -15,106 +15,48 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from components.io import move_aside as _move_aside
-from components.io import sha256_file
 from components.ldm.config import LdmConfig, LdmError
+from components.model_store import ModelFolder, files_digest, load_latent_stages, model_file, require_finished
+from components.model_store import move_aside as move_aside  # components.ldm.training imports these two from here
+from components.model_store import read_json as read_json
 from data_catalog import LabelScheme, load_label_scheme
 
 if TYPE_CHECKING:
     import torch
 
 Stage = Literal["autoencoder", "diffusion"]
-CHECKPOINT_RE = re.compile(r"^(autoencoder|diffusion)_(\d+)\.pt$")
 
 
 @dataclass(frozen=True)
-class LdmPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
-
-    @property
-    def autoencoder(self) -> Path:
-        return self.root / "autoencoder.pt"
-
-    @property
-    def diffusion(self) -> Path:
-        return self.root / "diffusion.pt"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "prepared"
-
-    @property
-    def montage(self) -> Path:
-        return self.root / "montage.png"
-
-    def log(self, stage: Stage) -> Path:
-        return self.root / f"train_log_{stage}.csv"
-
-    def checkpoint(self, stage: Stage, step: int) -> Path:
-        return self.checkpoints / f"{stage}_{step:07d}.pt"
-
-    def list_checkpoints(self, stage: Stage) -> list[tuple[int, Path]]:
-        if not self.checkpoints.is_dir():
-            return []
-        found = [(int(m.group(2)), p) for p in self.checkpoints.iterdir()
-                 if (m := CHECKPOINT_RE.match(p.name)) and m.group(1) == stage]
-        return sorted(found)
+class LdmPaths(ModelFolder):
+    stats = model_file("stats.json")
+    autoencoder = model_file("autoencoder.pt")
+    diffusion = model_file("diffusion.pt")
+    montage = model_file("montage.png")
+    log = ModelFolder.stage_log
+    checkpoint = ModelFolder.stage_checkpoint
+    list_checkpoints = ModelFolder.stage_checkpoints
 
 
 def ldm_paths(workspace: str | Path, name: str) -> LdmPaths:
-    if not name or "/" in name or name.startswith("."):
-        raise LdmError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
-    return LdmPaths(Path(workspace) / "models" / name)
-
-
-def move_aside(paths: LdmPaths) -> Path:
-    """Set the model folder aside as ``<name>.replaced-<UTC time>`` (components.io.move_aside)."""
-    return _move_aside(paths.root)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return LdmPaths.named(workspace, name, LdmError)
 
 
 def require_trained(paths: LdmPaths, name: str) -> dict[str, Any]:
     """The card of a model whose two stages are both finished (LdmError naming what is missing otherwise)."""
-    if not paths.config.is_file():
-        known = sorted(p.name for p in paths.root.parent.iterdir()) if paths.root.parent.is_dir() else []
-        raise LdmError(f"no model {name!r}: expected {paths.config}; models in this workspace: {', '.join(known) or 'none'}")
-    card = read_json(paths.config)
-    if card.get("backend") != "ldm":
-        raise LdmError(f"model {name!r} in {paths.root} was trained by backend {card.get('backend', 'ddpm')!r}, not ldm")
-    missing = [p.name for p in (paths.autoencoder, paths.diffusion, paths.stats) if not p.is_file()]
-    if missing or card.get("stages", {}).get("diffusion", {}).get("done") is not True:
-        raise LdmError(f"model {name!r} is not trained to the end (missing {', '.join(missing) or 'the finished diffusion stage'} "
-                       f"in {paths.root}); train it, or resume the interrupted run")
-    return card
+    return require_finished(paths, name, "ldm", (paths.autoencoder, paths.diffusion, paths.stats), LdmError,
+                            "train it, or resume the interrupted run")
 
 
 def weights_digest(workspace: str | Path, name: str) -> str:
     """sha256 over both weight files; refuses a model whose training has not finished."""
     paths = ldm_paths(workspace, name)
     require_trained(paths, name)
-    return hashlib.sha256((sha256_file(paths.autoencoder) + sha256_file(paths.diffusion)).encode()).hexdigest()
+    return files_digest((paths.autoencoder, paths.diffusion))
 
 
 @dataclass
@@ -135,23 +77,14 @@ class TrainedLdm:
 
 
 def load_trained_ldm(workspace: str | Path, name: str, device: str = "auto") -> TrainedLdm:
-    import torch
-
     from components.devices import resolve_device
     from components.ldm.networks import build_autoencoder, build_unet
 
     paths = ldm_paths(workspace, name)
     card = require_trained(paths, name)
     cfg = LdmConfig.model_validate(card["config"])
-    ae_blob = torch.load(paths.autoencoder, map_location="cpu", weights_only=True)
-    df_blob = torch.load(paths.diffusion, map_location="cpu", weights_only=True)
-    for blob, stage, path in ((ae_blob, "autoencoder", paths.autoencoder), (df_blob, "diffusion", paths.diffusion)):
-        if blob.get("config_sha256") != cfg.stage_digest(stage):
-            raise LdmError(f"model {name!r}: {path} was trained with other {stage} settings than {paths.config}; retrain it")
-    scale = float(df_blob["scale_factor"])
-    if abs(scale - float(ae_blob["scale_factor"])) > 1e-6 * abs(scale):
-        raise LdmError(f"model {name!r}: {paths.diffusion} holds scale factor {scale} but {paths.autoencoder} "
-                       f"{float(ae_blob['scale_factor'])}; the diffusion stage was trained on another autoencoder, retrain it")
+    ae_blob, df_blob, scale = load_latent_stages(paths, name, cfg.stage_digest, LdmError, first="autoencoder",
+                                                 first_what="autoencoder")
     dev = resolve_device(device, "ldm synthesizer")
     n_cond = int(card["n_condition"])
     ae = build_autoencoder(cfg)

@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from components.config_base import FrozenModel, ProfileDir
+from components.config_base import FrozenModel, ProfileDir, check_latent_grid, check_levels, with_stage_steps
 from components.errors import InputError
 from components.masks.config import CheckConfig
-from components.synthesis.config import DataConfig
+from components.synthesis.config import BackendConfig
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "sbldm"
 # mask_features' names (components/masks/features.py) that can condition the model; n_components is left out
@@ -27,12 +27,6 @@ FeatureName = Literal["volume_mm3", "surface_mm2", "sphericity", "centroid_x_mm"
 
 class SbldmError(InputError):
     """Wrong input or state for the sbldm synthesizer."""
-
-
-def _check_groups(name: str, channels: tuple[int, ...], groups: int) -> None:
-    bad = [c for c in channels if c % groups]
-    if bad:
-        raise ValueError(f"{name} channels {bad} are not multiples of norm_num_groups={groups}")
 
 
 class VaeConfig(FrozenModel):
@@ -51,7 +45,7 @@ class VaeConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> VaeConfig:
-        _check_groups("vae", self.channels, self.norm_num_groups)
+        check_levels("vae", self.channels, self.norm_num_groups)
         return self
 
 
@@ -97,10 +91,7 @@ class UNetConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"unet.attention_levels needs one entry per level ({len(self.channels)}), "
-                             f"got {len(self.attention_levels)}")
-        _check_groups("unet", self.channels, self.norm_num_groups)
+        check_levels("unet", self.channels, self.norm_num_groups, self.attention_levels)
         return self
 
 
@@ -141,16 +132,10 @@ class GenerateConfig(FrozenModel):
                            "until one passes the checks, as mask augmentation draws its candidates")
 
 
-class SbldmConfig(FrozenModel):
+class SbldmConfig(BackendConfig):
     """Everything that defines one trained sbldm synthesizer."""
 
     backend: Literal["sbldm"] = "sbldm"
-    profile: str = "custom"
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="bfloat16 autocast on a GPU; ignored on the CPU")
-    data: DataConfig
     vae: VaeConfig = VaeConfig()
     vae_loss: VaeLossConfig = VaeLossConfig()
     vae_train: StageConfig
@@ -179,11 +164,7 @@ class SbldmConfig(FrozenModel):
                              "slice positions the VAE is told")
         if self.data.train_crop is not None:
             raise ValueError("data.train_crop is not used by sbldm (the VAE trains on whole slices); remove it")
-        g = 2 ** (len(self.unet.channels) - 1)
-        bad = [s for s in self.latent_shape if s % g]
-        if bad:
-            raise ValueError(f"latent grid {self.latent_shape} (in-plane / {f}, slices kept): with "
-                             f"{len(self.unet.channels)} U-Net levels every side must be a multiple of {g}; {bad} are not")
+        check_latent_grid(self.latent_shape, self.unet.channels, f"in-plane / {f}, slices kept")
         if self.sample.steps > self.diffusion.num_train_timesteps:
             raise ValueError(f"sample.steps {self.sample.steps} exceeds num_train_timesteps "
                              f"{self.diffusion.num_train_timesteps}")
@@ -191,9 +172,7 @@ class SbldmConfig(FrozenModel):
 
     def with_steps(self, steps: int | None) -> SbldmConfig:
         """The same config with the diffusion stage's steps replaced (the --steps option)."""
-        if steps is None:
-            return self
-        return self.model_copy(update={"diffusion_train": self.diffusion_train.model_copy(update={"steps": int(steps)})})
+        return with_stage_steps(self, "diffusion_train", steps)
 
     def stage_digest(self, stage: Literal["vae", "diffusion"]) -> str:
         """Digest of the settings a stage's weights depend on."""
@@ -207,22 +186,5 @@ class SbldmConfig(FrozenModel):
 
 
 PROFILES = ProfileDir(PROFILES_DIR, SbldmConfig, SbldmError, "sbldm")
-
-
-def list_profiles() -> list[str]:
-    return PROFILES.names()
-
-
-def profile_path(profile: str | Path) -> Path | None:
-    """The YAML file of ``profile`` (a name in ``configs/sbldm/`` or a path), or None when there is none."""
-    return PROFILES.path(profile)
-
-
-def check_profile(profile: str) -> None:
-    """Refuse an unknown profile in one sentence (no torch)."""
-    PROFILES.check(profile)
-
-
-def load_profile(profile: str | Path) -> SbldmConfig:
-    """Read a profile by name (``configs/sbldm/<name>.yaml``) or from a YAML file path."""
-    return PROFILES.load(profile)
+# the profiles by name (configs/sbldm/<name>.yaml) or YAML path: list, find, refuse an unknown one, read (no torch)
+list_profiles, profile_path, check_profile, load_profile = PROFILES.names, PROFILES.path, PROFILES.check, PROFILES.load

@@ -16,14 +16,13 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.io import move_aside as _move_aside
-from components.io import sha256_file
+from components.model_store import OneStageCheckpoints, files_digest, load_latent_stages, model_file, require_finished
+from components.model_store import move_aside as move_aside  # components.sbldm.training imports these two from here
+from components.model_store import read_json as read_json
 from components.sbldm.config import SbldmConfig, SbldmError
 from data_catalog import LabelScheme, load_label_scheme
 
@@ -38,83 +37,29 @@ BACKEND = "sbldm"
 
 
 @dataclass(frozen=True)
-class SbldmPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
-
-    @property
-    def vae(self) -> Path:
-        return self.root / "vae.pt"
-
-    @property
-    def diffusion(self) -> Path:
-        return self.root / "diffusion.pt"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "prepared"
-
-    def log(self, stage: str) -> Path:
-        return self.root / f"train_log_{stage}.csv"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"diffusion_{step:07d}.pt"
-
-    def list_checkpoints(self) -> list[tuple[int, Path]]:
-        """The diffusion stage's checkpoints, oldest first."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = [(int(p.stem.split("_")[1]), p) for p in self.checkpoints.glob("diffusion_*.pt")
-                 if p.stem.split("_")[1].isdigit()]
-        return sorted(found)
+class SbldmPaths(OneStageCheckpoints):
+    checkpoint_stage = "diffusion"
+    stats = model_file("stats.json")
+    vae = model_file("vae.pt")
+    diffusion = model_file("diffusion.pt")
+    log = OneStageCheckpoints.stage_log
 
 
 def sbldm_paths(workspace: str | Path, name: str) -> SbldmPaths:
-    if not name or "/" in name or name.startswith("."):
-        raise SbldmError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
-    return SbldmPaths(Path(workspace) / "models" / name)
-
-
-def move_aside(paths: SbldmPaths) -> Path:
-    """Set the model folder aside as ``<name>.replaced-<UTC time>`` (components.io.move_aside)."""
-    return _move_aside(paths.root)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return SbldmPaths.named(workspace, name, SbldmError)
 
 
 def require_trained(paths: SbldmPaths, name: str) -> dict[str, Any]:
     """The card of a model whose two stages are both finished (SbldmError naming what is missing otherwise)."""
-    if not paths.config.is_file():
-        known = sorted(p.name for p in paths.root.parent.iterdir()) if paths.root.parent.is_dir() else []
-        raise SbldmError(f"no model {name!r}: expected {paths.config}; models in this workspace: {', '.join(known) or 'none'}")
-    card = read_json(paths.config)
-    if card.get("backend") != BACKEND:
-        raise SbldmError(f"model {name!r} in {paths.root} was trained by backend {card.get('backend', 'ddpm')!r}, not sbldm")
-    missing = [p.name for p in (paths.vae, paths.diffusion, paths.stats) if not p.is_file()]
-    if missing or card.get("stages", {}).get("diffusion", {}).get("done") is not True:
-        raise SbldmError(f"model {name!r} is not trained to the end (missing "
-                         f"{', '.join(missing) or 'the finished diffusion stage'} in {paths.root}); train it again")
-    return card
+    return require_finished(paths, name, BACKEND, (paths.vae, paths.diffusion, paths.stats), SbldmError,
+                            "train it again")
 
 
 def weights_digest(workspace: str | Path, name: str) -> str:
     """sha256 over both weight files; refuses a model whose training has not finished."""
     paths = sbldm_paths(workspace, name)
     require_trained(paths, name)
-    return hashlib.sha256((sha256_file(paths.vae) + sha256_file(paths.diffusion)).encode()).hexdigest()
+    return files_digest((paths.vae, paths.diffusion))
 
 
 @dataclass
@@ -135,8 +80,6 @@ class TrainedSbldm:
 
 
 def load_trained_sbldm(workspace: str | Path, name: str, device: str = "auto") -> TrainedSbldm:
-    import torch
-
     from components.devices import resolve_device
     from components.sbldm.diffusion import build_unet
     from components.sbldm.features import FeatureNorm
@@ -145,15 +88,7 @@ def load_trained_sbldm(workspace: str | Path, name: str, device: str = "auto") -
     paths = sbldm_paths(workspace, name)
     card = require_trained(paths, name)
     cfg = SbldmConfig.model_validate(card["config"])
-    vae_blob = torch.load(paths.vae, map_location="cpu", weights_only=True)
-    df_blob = torch.load(paths.diffusion, map_location="cpu", weights_only=True)
-    for blob, stage, path in ((vae_blob, "vae", paths.vae), (df_blob, "diffusion", paths.diffusion)):
-        if blob.get("config_sha256") != cfg.stage_digest(stage):
-            raise SbldmError(f"model {name!r}: {path} was trained with other {stage} settings than {paths.config}; retrain it")
-    scale = float(df_blob["scale_factor"])
-    if abs(scale - float(vae_blob["scale_factor"])) > 1e-6 * abs(scale):
-        raise SbldmError(f"model {name!r}: {paths.diffusion} holds scale factor {scale} but {paths.vae} "
-                         f"{float(vae_blob['scale_factor'])}; the diffusion stage was trained on another VAE, retrain it")
+    vae_blob, df_blob, _ = load_latent_stages(paths, name, cfg.stage_digest, SbldmError, first="vae", first_what="VAE")
     n_classes = int(card["n_classes"])
     vae = build_vae(cfg.vae, n_classes)
     vae.load_state_dict(vae_blob["vae"])

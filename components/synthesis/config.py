@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from components.config_base import FrozenModel
+from components.config_base import FrozenModel, with_stage_steps
 from components.errors import InputError
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthesizer"
@@ -51,6 +51,19 @@ class DataConfig(FrozenModel):
         if self.train_crop is not None and any(c > s for c, s in zip(self.train_crop, self.shape, strict=True)):
             raise ValueError(f"train_crop {self.train_crop} must fit inside shape {self.shape}")
         return self
+
+
+class BackendConfig(FrozenModel):
+    """The fields the settings of the ldm, sbldm and label-map (labelldm) models open with, in this order;
+    each narrows ``backend`` to its own name."""
+
+    backend: str
+    profile: str = "custom"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bfloat16 autocast on a GPU; ignored on the CPU")
+    data: DataConfig
 
 
 class NetworkConfig(FrozenModel):
@@ -184,9 +197,7 @@ class SynthesizerConfig(FrozenModel):
 
     def with_steps(self, steps: int | None) -> SynthesizerConfig:
         """The same config with ``train.steps`` replaced (the --steps option)."""
-        if steps is None:
-            return self
-        return self.model_copy(update={"train": self.train.model_copy(update={"steps": int(steps)})})
+        return with_stage_steps(self, "train", steps)
 
     def digest(self, ignore_steps: bool = False) -> str:
         d = self.model_dump(mode="json")

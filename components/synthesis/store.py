@@ -14,20 +14,17 @@ Everything is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.io import sha256_file
+from components.model_store import OneStageCheckpoints, model_file, read_json, require_card
 from components.synthesis.config import SynthesisError, SynthesizerConfig
 from data_catalog import LabelScheme, load_label_scheme
 
 if TYPE_CHECKING:  # torch loads only when a model does: the command line checks a model name without it
     import torch
-
-CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
 class ModelNotTrainedError(SynthesisError):
@@ -35,59 +32,17 @@ class ModelNotTrainedError(SynthesisError):
 
 
 @dataclass(frozen=True)
-class ModelPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
-
-    @property
-    def ema(self) -> Path:
-        return self.root / "ema.pt"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "train_log.csv"
-
-    @property
-    def montage(self) -> Path:
-        return self.root / "montage.png"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.root / "loss.png"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "prepared"
-
-    def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"step_{step:07d}.pt"
-
-    def list_checkpoints(self) -> list[tuple[int, Path]]:
-        if not self.checkpoints.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-        return sorted(found)
+class ModelPaths(OneStageCheckpoints):
+    checkpoint_stage = "step"  # checkpoints/step_XXXXXXX.pt
+    stats = model_file("stats.json")
+    ema = model_file("ema.pt")
+    log = model_file("train_log.csv")
+    montage = model_file("montage.png")
+    loss_plot = model_file("loss.png")
 
 
 def model_paths(workspace: str | Path, name: str) -> ModelPaths:
-    if not name or "/" in name or name.startswith("."):
-        raise SynthesisError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
-    return ModelPaths(Path(workspace) / "models" / name)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return ModelPaths.named(workspace, name, SynthesisError)
 
 
 def weights_digest(workspace: str | Path, name: str) -> str:
@@ -103,10 +58,7 @@ def require_trained(workspace: str | Path, name: str) -> None:
 
 
 def _require_trained(paths: ModelPaths, name: str) -> None:
-    if not paths.config.is_file():
-        known = sorted(p.name for p in paths.root.parent.iterdir()) if paths.root.parent.is_dir() else []
-        raise SynthesisError(f"no model {name!r}: expected {paths.config}; models in this workspace: "
-                             f"{', '.join(known) or 'none'}")
+    require_card(paths, name, SynthesisError)
     if not paths.ema.is_file() or not paths.list_checkpoints():
         raise ModelNotTrainedError(
             f"model {name!r} has no trained checkpoint (expected {paths.ema} and a file in {paths.checkpoints}); "
