@@ -471,7 +471,13 @@ def prepare_nnunet(workspace: str | Path, ablation: str, plans: list[MixPlan], r
     if syn_ids:
         export_nnunet([real_cases[c] for c in real_ids] + [syn_cases[c] for c in syn_ids], raw_root, name,
                       real.label_scheme, did, extra=extra)
-        preprocess_cases(root, did, schedule, syn_ids)
+        # a case's .b2nd is renamed into place last: the cases that have one need no nnU-Net process (seconds)
+        data_dir = pre / schedule_data_identifier(pre, schedule)
+        pending = [c for c in syn_ids if not (data_dir / f"{c}.b2nd").is_file()]
+        if pending:
+            preprocess_cases(root, did, schedule, pending)
+        else:
+            log.info("ablation %s: the %d synthetic cases are preprocessed already", ablation, len(syn_ids))
     # What the preprocessed data are: a trained fold records it, and is trained again when it changes.
     write_json_atomic(pre / "gliosynth_data.json", {**stamp, "synthetic_manifest_sha256": syn_digest})
     return NnunetData(dataset_id=did, folds=_assign_folds(pre, plans), root=str(root))

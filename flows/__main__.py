@@ -16,7 +16,7 @@ from pathlib import Path
 from flows.cli import VERBS
 from flows.cli_common import check_inputs, describe_option_error, reads
 from flows.flags import add_flags, collect
-from flows.settings import configure_workspace
+from flows.settings import configure_workspace, temporary_server_settings
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from flows.signals import exit_promptly_on_sigterm
 
         exit_promptly_on_sigterm()  # a SIGTERM ends the run in seconds
-        return args.handler(args, collect(args, args.flag_specs))
+        if verb is None or {"-h", "--help"} & set(argv):
+            return args.handler(args, collect(args, args.flag_specs))
+        with temporary_server_settings():
+            return args.handler(args, collect(args, args.flag_specs))
     except (GliosynthError, ValidationError) as err:  # input a user can fix: one sentence, no traceback
         msg = describe_option_error(err, verb or "gliosynth") if isinstance(err, ValidationError) else str(err)
         print(f"error: {msg}", file=sys.stderr)

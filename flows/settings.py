@@ -17,6 +17,8 @@ import tempfile
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,24 @@ def configure_workspace(workspace: str | Path) -> Path:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
     _use_served_api(Path(os.environ["PREFECT_HOME"]))
     return ws
+
+
+@contextmanager
+def temporary_server_settings() -> Iterator[None]:
+    """Prefect settings for a command-line run on a temporary server: no flow-run heartbeats.
+
+    A heartbeat lets a long-lived server notice a flow run whose process vanished; a temporary server ends
+    with the process, and a stopped command-line run marks its own runs Crashed (``flows.signals``). The
+    heartbeat thread of every flow and sub-flow is joined at its end in 1 s sleeps, about a second per
+    sub-flow: most of an unchanged pipeline re-run. Runs that report to a server (``make serve``, or
+    ``PREFECT_API_URL``) keep their heartbeats."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _profiles_path(home: Path) -> Path:

@@ -65,6 +65,11 @@ def test_every_configuration_trains_on_exactly_its_cases_planned_once(data):
     more = plan_mixes(real, syn, AblationConfig(ratios=(0, 1), seeds=(0, 1)))
     nn2 = prepare_nnunet(ws, "exact", more, real, syn, schedule)
     assert {f.name: f.stat().st_mtime_ns for f in data_dir.glob("BraTS-*.b2nd")} == first
+    # the same configurations again (an unchanged re-run): nothing to preprocess, no nnU-Net process started
+    step_log = ws / "nnunet" / "logs" / f"plan_{nn.dataset_id}.log"  # every isolated nnU-Net step appends to it
+    logged = step_log.read_text()
+    assert prepare_nnunet(ws, "exact", more, real, syn, schedule).folds == nn2.folds
+    assert step_log.read_text() == logged
     assert nn2.folds[mixed.name] == nn.folds[mixed.name]  # an unchanged configuration keeps its fold
     assert len(set(nn2.folds.values())) == len(more)
 

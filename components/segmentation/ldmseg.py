@@ -278,12 +278,13 @@ def _calibration_png(path: Path, table: Any, summary: Mapping[str, Any]) -> Path
                         textcoords="offset points", xytext=(2, 4))
     else:
         ax.text(0.5, 0.5, "no voxel to score", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("per-voxel variance over the samples (bin mean)")
+    ax.set_xscale("symlog", linthresh=1e-6)  # equal-count bins crowd near 0 on a linear axis; the zero bin stays
+    ax.set_xlabel("per-voxel variance over the samples (bin mean, symlog)")
     ax.set_ylabel("voxel error rate (label != truth)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(f"LDM-seg calibration over {len(summary['cases'])} test cases (AUC of variance for errors "
-                 f"{summary['error_auc']:.2f}); numbers: voxels", fontsize=7)
+    ax.set_title(f"LDM-seg calibration, {len(summary['cases'])} test cases: AUC of variance for errors "
+                 f"{summary['error_auc']:.2f}\n(numbers: voxels per bin)", fontsize=7)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")
