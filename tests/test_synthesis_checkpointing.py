@@ -61,7 +61,7 @@ def test_outputs_and_gradients_are_the_same(precondition):
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
 
 
-def test_blocks_are_recomputed_in_backward_only_when_training():
+def test_residual_blocks_are_recomputed_in_backward_only_when_training():
     plain, ckpt = _pair(False)
     x, t = _inputs(plain)
     calls = []
@@ -69,8 +69,9 @@ def test_blocks_are_recomputed_in_backward_only_when_training():
         calls.clear()
         for block in (*_unet(net).down_blocks, _unet(net).middle_block, *_unet(net).up_blocks):
             first = block.resnets[0] if hasattr(block, "resnets") else block.resnet_1  # the middle block has no list
-            # a pre-hook: the recomputation stops once the last saved tensor is back, maybe inside ``first``
-            first.register_forward_pre_hook(lambda *_: calls.append(1))
+            # a pre-hook on its first layer (the recomputation calls the residual block's own forward, which
+            # calls its layers): it fires again when that residual block is recomputed in the backward pass
+            first.norm1.register_forward_pre_hook(lambda *_: calls.append(1))
         n_blocks = len(_unet(net).down_blocks) + 1 + len(_unet(net).up_blocks)
         net.train()
         net(x, timesteps=t).square().mean().backward()
@@ -92,7 +93,7 @@ def test_a_deep_copy_checkpoints_its_own_weights():
     ckpt.train()
     ema.train()
     assert not torch.allclose(ema(x, timesteps=t), ckpt(x, timesteps=t))
-    block = _unet(ema).down_blocks[0]
+    block = _unet(ema).down_blocks[0].resnets[0]
     assert block.forward.__self__ is block
 
 

@@ -76,7 +76,7 @@ class NetworkConfig(FrozenModel):
     norm_num_groups: int = 32
     use_flash_attention: bool = False
     gradient_checkpointing: bool = Field(
-        False, description="recompute the U-Net's down, middle and up blocks in the backward pass instead of "
+        False, description="recompute each residual and attention block of the U-Net in the backward pass instead of "
         "keeping their activations (torch.utils.checkpoint): less training memory for about one more forward "
         "pass; the weights and outputs are the same, so it is left out of the model digest")
 

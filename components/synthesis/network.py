@@ -70,17 +70,22 @@ def _checkpointed_forward(self: torch.nn.Module, *args, **kwargs):
 
 
 def enable_gradient_checkpointing(unet: torch.nn.Module) -> torch.nn.Module:
-    """Recompute each down, middle and up block of MONAI's ``DiffusionModelUNet`` in the backward pass.
+    """Recompute each residual and attention block of MONAI's ``DiffusionModelUNet`` in the backward pass.
 
     MONAI 1.6's DiffusionModelUNet has no checkpointing option (its AutoencoderKL has ``use_checkpoint``),
-    so each block's ``forward`` is rebound to :func:`_checkpointed_forward`. The blocks stay where they
-    are, so the state-dict keys (checkpoints, ema.pt) are those of the plain network; the rebinding is a
-    bound method on the block, so ``copy.deepcopy`` (the EMA) binds it to the copy.
+    so each residual / attention block's ``forward`` is rebound to :func:`_checkpointed_forward`. Per
+    residual block rather than per down/middle/up block: a whole up block's recomputation (three residual
+    blocks on the concatenated skips) was itself the peak (docs/benchmarks.md, bench/memory.py). The
+    modules stay where they are, so the state-dict keys (checkpoints, ema.pt) are those of the plain
+    network; the rebinding is a bound method on the module, so ``copy.deepcopy`` (the EMA) binds it to the copy.
     """
     import types
 
     for block in (*unet.down_blocks, unet.middle_block, *unet.up_blocks):
-        block.forward = types.MethodType(_checkpointed_forward, block)
+        parts = [*(getattr(block, "resnets", None) or []), *(getattr(block, "attentions", None) or [])]
+        parts += [m for m in (getattr(block, n, None) for n in ("resnet_1", "attention", "resnet_2")) if m is not None]
+        for m in parts:
+            m.forward = types.MethodType(_checkpointed_forward, m)
     return unet
 
 
