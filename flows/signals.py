@@ -48,6 +48,7 @@ _outcome = _OUTCOME
 
 _lock = threading.Lock()
 _announced = False
+_raised = False  # the SIGTERM handler raised SystemExit once already
 _installed_pid: int | None = None
 _wakeup_fd: int | None = None
 _sockets: tuple[socket.socket, socket.socket] | None = None  # kept open for the life of the process
@@ -176,11 +177,17 @@ def _watch(reader: socket.socket, grace_s: float) -> None:
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _raised
     if os.getpid() != _installed_pid:  # a forked child that kept the parent's handler: default action
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
     _announce()
+    if _raised:
+        # A second SIGTERM (make re-sends the one its group got to its children) must not cut short the
+        # ``finally`` blocks the first one started; the watcher still ends the process after the grace period.
+        return
+    _raised = True
     raise SystemExit(EXIT_STATUS)
 
 

@@ -112,3 +112,26 @@ def test_ctrl_c_ends_a_run_within_seconds(tmp_path):
     assert out.count("gliosynth: stopped by Ctrl-C (SIGINT)") == 1, out[-3000:]
     assert "Error logging to API" not in out, out[-3000:]
     _assert_cases_complete(ws)
+
+
+def test_a_second_sigterm_does_not_cut_short_the_cleanup_the_first_began(tmp_path):
+    """`make serve` stopped by a SIGTERM to its group: make re-sends the signal to its child, which then arrived
+    inside the ``finally`` that puts the workspace's Prefect profile back, and the profile kept naming a dead server."""
+    done = tmp_path / "cleanup-finished"
+    code = f"""
+import os, signal, time
+from flows.signals import exit_promptly_on_sigterm
+exit_promptly_on_sigterm()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+finally:
+    os.kill(os.getpid(), signal.SIGTERM)  # the second one, while cleaning up
+    time.sleep(0.5)
+    open({str(done)!r}, "w").write("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == EXIT_STATUS, out.stderr[-2000:]
+    assert done.is_file(), out.stderr[-2000:]
+    assert out.stderr.count("stopped by SIGTERM") == 1, out.stderr
