@@ -460,8 +460,8 @@ def prepare_nnunet(workspace: str | Path, ablation: str, plans: list[MixPlan], r
     syn_stamp_file = pre / "gliosynth_synthetic.json"
     old = json.loads(syn_stamp_file.read_text()) if syn_stamp_file.is_file() else {}
     syn_digest = synthetic.manifest_digest if synthetic is not None else ""
+    data_dir = pre / schedule_data_identifier(pre, schedule)
     if old.get("digest") != syn_digest:  # another synthetic set under the same ids: drop its preprocessed cases
-        data_dir = pre / schedule_data_identifier(pre, schedule)
         for cid in old.get("ids", []):
             for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
                 (data_dir / f"{cid}{suffix}").unlink(missing_ok=True)
@@ -472,7 +472,6 @@ def prepare_nnunet(workspace: str | Path, ablation: str, plans: list[MixPlan], r
         export_nnunet([real_cases[c] for c in real_ids] + [syn_cases[c] for c in syn_ids], raw_root, name,
                       real.label_scheme, did, extra=extra)
         # a case's .b2nd is renamed into place last: the cases that have one need no nnU-Net process (seconds)
-        data_dir = pre / schedule_data_identifier(pre, schedule)
         pending = [c for c in syn_ids if not (data_dir / f"{c}.b2nd").is_file()]
         if pending:
             preprocess_cases(root, did, schedule, pending)

@@ -317,6 +317,8 @@ def make_ldm_masks(workspace: str | Path, source: str, name: str, config: BaseMo
         src_df.to_parquet(tmp, index=False)
 
     # ---- sample, put each mask on its host's grid, check, write; a failing request is drawn again
+    for h in hosts.values():  # what a new mask on that host is checked against: once per host, not per draw
+        h["ref"] = population_reference(refs, regions, cfg.checks, h["spacing"], h["head_faces"])
     requests = [(cid, k) for cid in hosts for k in range(cfg.per_case)]
     done: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray | None]] = {}
     rejections: Counter = Counter()
@@ -339,8 +341,7 @@ def make_ldm_masks(workspace: str | Path, source: str, name: str, config: BaseMo
                     classes, scheme, h["spacing"], cfg.checks.min_fragment_mm3 if cfg.cleanup_fragments else None)
                 removed_total += removed
                 n_draws += 1
-                ref = population_reference(refs, regions, cfg.checks, h["spacing"], h["head_faces"])
-                reasons = _check(seg, check_head, ref, cfg.checks, regions, h["spacing"])
+                reasons = _check(seg, check_head, h["ref"], cfg.checks, regions, h["spacing"])
                 params = json.dumps({"backend": "ldm", "model": model_name, "model_digest": model.digest, "seed": seed,
                                      "draw": draw, "sampler": "ddim", "steps": s.steps, "eta": s.eta, "host_case": cid,
                                      "fragments_removed_voxels": removed}, sort_keys=True)
