@@ -9,6 +9,7 @@ workspace before Prefect is imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -83,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         from flows.signals import exit_promptly_on_sigterm
 
         exit_promptly_on_sigterm()  # a SIGTERM ends the run in seconds
-        if verb is None or {"-h", "--help"} & set(argv):
-            return args.handler(args, collect(args, args.flag_specs))
-        with temporary_server_settings():
+        no_prefect = verb is None or {"-h", "--help"} & set(argv)
+        with contextlib.nullcontext() if no_prefect else temporary_server_settings():
             return args.handler(args, collect(args, args.flag_specs))
     except (GliosynthError, ValidationError) as err:  # input a user can fix: one sentence, no traceback
         msg = describe_option_error(err, verb or "gliosynth") if isinstance(err, ValidationError) else str(err)

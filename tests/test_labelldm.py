@@ -196,8 +196,7 @@ def test_a_class_map_goes_back_onto_a_resampled_case_grid():
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_the_training_target_is_what_the_sampler_reads_back_as_the_clean_latent(prediction_type):
     from components.labelldm.config import LabelDiffusionConfig
-    from components.labelldm.networks import build_scheduler
-    from components.labelldm.training import diffusion_target
+    from components.labelldm.networks import build_scheduler, diffusion_target
 
     cfg = LabelDiffusionConfig(prediction_type=prediction_type)
     train, ddim = build_scheduler(cfg, "ddpm"), build_scheduler(cfg, "ddim")

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from components.labelldm.config import LabelLdmConfig, LabelLdmError
-from components.ldm.networks import build_scheduler, count_parameters
+from components.ldm.networks import build_scheduler, count_parameters, diffusion_target
 
-__all__ = ["build_autoencoder", "build_controlnet", "build_scheduler", "build_unet", "count_parameters", "one_hot",
-           "kl_loss"]
+__all__ = ["build_autoencoder", "build_controlnet", "build_scheduler", "build_unet", "count_parameters",
+           "diffusion_target", "one_hot", "kl_loss"]
 
 _INIT_LOCK = threading.Lock()
 

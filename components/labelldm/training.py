@@ -37,6 +37,7 @@ from components.labelldm.networks import (
     build_scheduler,
     build_unet,
     count_parameters,
+    diffusion_target,
     kl_loss,
     one_hot,
 )
@@ -378,15 +379,6 @@ def _train_autoencoder(ae: torch.nn.Module, cases: PreparedCases, cfg: LabelLdmC
     rows = _run_stage(paths, "autoencoder", key, st, {"autoencoder": ae}, opt, gens, step, None, progress, stop_after)
     ae.eval()
     return rows
-
-
-def diffusion_target(scheduler: Any, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the U-Net learns to output for ``scheduler.prediction_type``: the noise (Ho et al. 2020, eq. 14),
-    v (MONAI's ``get_velocity``) or the clean latent."""
-    kind = scheduler.prediction_type
-    if kind == "v_prediction":
-        return scheduler.get_velocity(z, noise, t)
-    return z if kind == "sample" else noise
 
 
 def _train_diffusion(unet: torch.nn.Module, latents: torch.Tensor, cfg: LabelLdmConfig, paths: LabelModelPaths,

@@ -3,6 +3,8 @@ mask moved onto the latent grid."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +68,15 @@ def build_scheduler(cfg: LatentDiffusionConfig, kind: str = "ddpm"):
     if kind == "ddim":
         return DDIMScheduler(**common)
     raise LdmError(f"unknown sampler {kind!r}: use 'ddim' or 'ddpm'")
+
+
+def diffusion_target(scheduler: Any, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to output for ``scheduler.prediction_type``: the noise (Ho et al. 2020, eq. 14),
+    v (MONAI's ``get_velocity``) or the clean latent."""
+    kind = scheduler.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z, noise, t)
+    return z if kind == "sample" else noise
 
 
 def latent_condition(labels: torch.Tensor, n_condition: int, factor: int) -> torch.Tensor:

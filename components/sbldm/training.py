@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from components.backends.registry import ModelSummary
 from components.devices import resolve_device
 from components.io import atomic_path, remove_stale_temp, write_json_atomic, write_text_atomic
+from components.ldm.networks import diffusion_target
 from components.progress import tqdm
 from components.sbldm.config import SbldmConfig, SbldmError
 from components.sbldm.diffusion import build_scheduler, build_unet
@@ -231,8 +232,7 @@ def train_diffusion(unet: torch.nn.Module, latents: torch.Tensor, features: torc
         drop = (torch.rand(st.batch_size, generator=gens["noise"]) < st.condition_dropout).to(device)
         with _autocast(cfg, device):
             pred = unet(sched.add_noise(x0, noise, t), t, f, drop)
-        target = sched.get_velocity(x0, noise, t) if cfg.diffusion.prediction_type == "v_prediction" else noise
-        loss = F.mse_loss(pred.float(), target)
+        loss = F.mse_loss(pred.float(), diffusion_target(sched, x0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
