@@ -63,6 +63,28 @@ def test_the_training_step_runs_again_after_monai_moved_the_schedule():
     assert first.shape == second.shape == (cfg.train.grad_accum,) and second.device == META
 
 
+def test_the_training_step_autocasts_to_bfloat16_where_told():
+    """``train.amp`` autocasts on a GPU only; ``amp=True`` turns the same bfloat16 autocast on for the
+    CPU (what bench/memory.py measures), ``amp=False`` keeps float32 even with ``train.amp``."""
+    from monai.inferers import DiffusionInferer
+
+    cfg = b.tiny_synth_config()
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"amp": True, "grad_accum": 1})})
+    net = build_network(cfg.network, 5, seed=0, diffusion=cfg.diffusion)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    inferer = DiffusionInferer(build_scheduler(cfg.diffusion, "ddpm"))
+    seen: list[torch.dtype] = []
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    shape = cfg.data.shape
+    batch = [(torch.rand((1, 4, *shape)) * 2 - 1, torch.zeros((1, *shape), dtype=torch.long), torch.zeros((1, 4, *shape)))]
+    for amp, dtype in ((None, torch.float32), (True, torch.bfloat16), (False, torch.float32)):
+        seen.clear()
+        loss = optimizer_step(net, opt, inferer, batch, cfg, torch.Generator().manual_seed(0), 5, lr=1e-3, amp=amp)
+        assert seen == [dtype] and torch.isfinite(loss).all()
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
 def test_the_sampler_refuses_generators_on_another_device():
     cfg = b.tiny_synth_config()
     net = build_network(cfg.network, 5, seed=0).to(META)

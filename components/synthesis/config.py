@@ -165,8 +165,8 @@ class SampleConfig(FrozenModel):
 
     sampler: Literal["ddim", "dpmpp2m", "ddpm"] = "ddim"
     steps: int = Field(50, ge=1, description="DDIM or DPM-Solver++(2M) steps (the DDPM reference always runs all T)")
-    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM noise weight: 0 deterministic given the initial "
-                       "noise, 1 the DDPM-like posterior noise (what matched the 1000-step reference)")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="step-noise weight of ddim and dpmpp2m: 0 deterministic "
+                       "given the initial noise, 1 the DDPM-like posterior noise (ddim) or SDE-DPM-Solver++(2M)")
     batch: int = Field(1, ge=1, description="volumes sampled together")
 
 
@@ -217,12 +217,14 @@ class SynthesizeConfig(FrozenModel):
     dataset (``components.synthesis.sampling.resolve_sampling``)."""
 
     sampler: Literal["ddim", "dpmpp2m", "ddpm"] | None = Field(
-        None, description="ddim, dpmpp2m (DPM-Solver++(2M), deterministic) or ddpm (the full-length reference); "
+        None, description="ddim, dpmpp2m (DPM-Solver++(2M); eta > 0 its stochastic form) or ddpm (the full-length "
+        "reference); "
         "None: the model's own (its profile's sample block)")
     steps: int | None = Field(None, ge=1, description="DDIM or DPM-Solver++(2M) steps; None: the model's "
                               "sample.steps (DDPM: always T)")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM noise weight (0 is deterministic given the "
-                              "initial noise); None: the model's sample.eta. DDPM has none")
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="step-noise weight of ddim and dpmpp2m (0 is "
+                              "deterministic given the initial noise); None: the model's sample.eta (dpmpp2m "
+                              "chosen over another profile sampler: 0). DDPM has none")
     seed: int = Field(0, ge=0, description="run seed; each case's own seed is recorded in the manifest")
     batch: int | None = Field(None, ge=1, description="volumes sampled together; None: the model's sample.batch")
     samples_per_mask: int = Field(1, ge=1)

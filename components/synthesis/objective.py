@@ -76,9 +76,11 @@ def training_loss(net: torch.nn.Module, inferer: Any, image: torch.Tensor, label
 
 def optimizer_step(net: torch.nn.Module, opt: torch.optim.Optimizer, inferer: Any,
                    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], cfg: SynthesizerConfig,
-                   noise_generator: torch.Generator, n_condition: int, lr: float) -> torch.Tensor:
+                   noise_generator: torch.Generator, n_condition: int, lr: float,
+                   amp: bool | None = None) -> torch.Tensor:
     """One optimizer step of the training loop, on the network's device (bfloat16 autocast on a GPU with
-    ``train.amp``): for each micro-batch (image (B, 4, X, Y, Z), labels (B, X, Y, Z), prior (B, 4, X, Y, Z)
+    ``train.amp``; ``amp`` True or False overrides that on any device, as the memory bench does on the
+    CPU): for each micro-batch (image (B, 4, X, Y, Z), labels (B, X, Y, Z), prior (B, 4, X, Y, Z)
     or None; any device) the noise and then the timesteps are drawn from ``noise_generator`` (CPU), the
     loss / ``train.grad_accum`` is back-propagated; then gradient clipping and the step at learning rate
     ``lr``. Returns the micro-batch losses (already divided by grad_accum), detached, on that device.
@@ -88,7 +90,7 @@ def optimizer_step(net: torch.nn.Module, opt: torch.optim.Optimizer, inferer: An
     :func:`timestep_weights` work on that device, so a CUDA run does not mix devices.
     """
     device = next(net.parameters()).device
-    use_amp = cfg.train.amp and device.type == "cuda"
+    use_amp = (cfg.train.amp and device.type == "cuda") if amp is None else bool(amp)
     accum = cfg.train.grad_accum
     for group in opt.param_groups:
         group["lr"] = lr

@@ -49,25 +49,29 @@ def resolve_steps(diffusion: DiffusionConfig, sampler: str, steps: int | None, d
 def resolve_sampling(run: SynthesizeConfig, model: SynthesizerConfig) -> SynthesizeConfig:
     """``run`` with sampler, steps, eta and batch filled in: each one left None comes from the model's
     profile (``model.sample``), each one given overrides it. Steps: :func:`resolve_steps` (DDPM always
-    T). eta is DDIM's noise weight: None for DDPM and DPM-Solver++(2M), which have none (an explicit eta
-    with either is refused)."""
+    T). eta is the step-noise weight of DDIM and DPM-Solver++(2M) (0: deterministic given the initial
+    noise); a run that switches to another sampler than the profile's and leaves eta unset gets 0 for
+    dpmpp2m (the ODE solver) and the profile's eta for ddim. DDPM has none: None, an explicit eta is refused."""
     sample = model.sample
     sampler = run.sampler or sample.sampler
     steps = resolve_steps(model.diffusion, sampler, run.steps, sample.steps)
-    if sampler in ("ddpm", "dpmpp2m"):
+    if sampler == "ddpm":
         if run.eta is not None:
-            raise SynthesisError(f"eta {run.eta} is the DDIM noise weight; the {sampler} sampler has none (leave eta "
-                                 f"unset, or use sampler ddim)")
+            raise SynthesisError(f"eta {run.eta} is the step-noise weight of ddim and dpmpp2m; the ddpm reference has "
+                                 f"none (leave eta unset)")
         eta = None
+    elif run.eta is not None:
+        eta = float(run.eta)
     else:
-        eta = sample.eta if run.eta is None else float(run.eta)
+        eta = sample.eta if (sampler == sample.sampler or sampler == "ddim") else 0.0
     batch = sample.batch if run.batch is None else int(run.batch)
     return run.model_copy(update={"sampler": sampler, "steps": steps, "eta": eta, "batch": batch})
 
 
 class DPMSolverPP2M:
-    """DPM-Solver++(2M), the multistep second-order solver of the diffusion ODE in data prediction
-    (Lu et al. 2022, "DPM-Solver++", Algorithm 2), for an epsilon-prediction model.
+    """DPM-Solver++(2M), the multistep second-order solver in data prediction (Lu et al. 2022,
+    "DPM-Solver++", Algorithm 2; with ``eta`` > 0 its stochastic form, SDE-DPM-Solver++(2M) of the same
+    paper's appendix), for an epsilon-prediction model.
 
     MONAI 1.6 has no such scheduler and diffusers is not in the stack, so it is written here against
     the model's own ``alphas_cumprod`` (cosine or scaled-linear, from the DDPM scheduler). With
@@ -75,9 +79,15 @@ class DPMSolverPP2M:
 
     - data prediction: x0_i = (x_i - sigma_i eps(x_i, t_i)) / alpha_i, clipped to [-1, 1] with ``clip_sample``
       (the same clipping of the predicted x_0 as MONAI's DDIM step);
-    - h_i = lambda_{i+1} - lambda_i, r_i = h_{i-1} / h_i,
-      D_i = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i-1}  (first step: D_0 = x0_0, DPM-Solver++(1) = DDIM);
-    - x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (exp(-h_i) - 1) D_i.
+    - h_i = lambda_{i+1} - lambda_i, r_i = h_{i-1} / h_i, g_i = 1 - exp(-(1 + eta) h_i);
+    - x_{i+1} = (sigma_{i+1} / sigma_i) exp(-eta h_i) x_i + alpha_{i+1} g_i x0_i
+      + alpha_{i+1} g_i / (2 r_i) (x0_i - x0_{i-1})  (second-order term; absent at the first step)
+      + sigma_{i+1} sqrt(1 - exp(-2 eta h_i)) z_i,  z_i ~ N(0, I).
+
+    eta = 0 is the ODE solver (Algorithm 2: g_i = 1 - exp(-h_i), no noise; its first order is DDIM);
+    eta = 1 is SDE-DPM-Solver++(2M) (g_i = 1 - exp(-2 h_i)); values between keep both the signal
+    coefficient (alpha_{i+1} for an exact x0) and the noise variance (sigma_{i+1}^2) of the forward
+    process, so every eta samples the same marginals, like DDIM's eta.
 
     The n network evaluations are at n distinct integer timesteps from T-1 down to 0 (the network was
     trained on integers); the last update goes from the last of them (t = 0 when n >= 2) to the clean
@@ -89,11 +99,12 @@ class DPMSolverPP2M:
     step across lambda 1.8 -> 5.0, where the second-order extrapolation overshoots (on a Gaussian toy
     with a known ODE solution, 20 steps: 0.14 max error uniform, 0.007 quadratic), and a uniform
     log-SNR grid puts half its steps at t > 990, where rounding to integers makes them collide.
-    Deterministic: only the initial noise is random.
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, clip_sample: bool = True,
-                 spacing: Literal["time_quadratic", "time_uniform"] = "time_quadratic"):
+                 spacing: Literal["time_quadratic", "time_uniform"] = "time_quadratic", eta: float = 0.0):
+        if not 0.0 <= float(eta) <= 1.0:
+            raise SynthesisError(f"DPM-Solver++ eta must be between 0 (ODE) and 1 (SDE), got {eta}")
         if spacing not in ("time_quadratic", "time_uniform"):
             raise SynthesisError(f"unknown DPM-Solver++ spacing {spacing!r}: use 'time_quadratic' or 'time_uniform'")
         a = alphas_cumprod.detach().double().cpu()
@@ -102,7 +113,9 @@ class DPMSolverPP2M:
         self.lam = torch.log(self.alpha / self.sigma)
         self.clip_sample = bool(clip_sample)
         self.spacing = spacing
+        self.eta = float(eta)
         self.timesteps = torch.empty(0, dtype=torch.long)
+        self._index, self._prev_x0, self._prev_h = 0, None, None
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n, T = int(num_inference_steps), self.num_train_timesteps
@@ -115,28 +128,43 @@ class DPMSolverPP2M:
         self.timesteps = torch.tensor(grid, dtype=torch.long)
         self._index, self._prev_x0, self._prev_h = 0, None, None
 
-    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def needs_noise(self) -> bool:
+        """Whether the next :meth:`step` takes a ``noise`` tensor (eta > 0 and not the last step)."""
+        return self.eta > 0.0 and self._index < len(self.timesteps) - 1
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
+             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One solver step from ``sample`` at ``timestep`` (the next of :attr:`timesteps`) given the
-        network's epsilon; returns (next sample, predicted x_0), like MONAI's scheduler ``step``."""
+        network's epsilon; ``noise`` (standard normal, shaped like ``sample``) when :attr:`needs_noise`.
+        Returns (next sample, predicted x_0), like MONAI's scheduler ``step``."""
         i = self._index
         if i >= len(self.timesteps) or int(self.timesteps[i]) != int(timestep):
             raise SynthesisError(f"dpmpp2m step {i} called at timestep {timestep}; expected the timesteps "
                                  f"{self.timesteps.tolist()} in order (call set_timesteps first)")
+        last = i == len(self.timesteps) - 1
+        if self.eta > 0.0 and not last and (noise is None or noise.shape != sample.shape):
+            raise SynthesisError(f"dpmpp2m with eta {self.eta:g} needs a standard-normal noise tensor of shape "
+                                 f"{tuple(sample.shape)} at every step but the last; got "
+                                 f"{None if noise is None else tuple(noise.shape)}")
         t = int(timestep)
         alpha, sigma = float(self.alpha[t]), float(self.sigma[t])
         x0 = (sample - sigma * model_output) / alpha
         if self.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
         self._index += 1
-        if i == len(self.timesteps) - 1:  # t -> clean image (sigma 0): first order, x = x0
+        if last:  # t -> clean image (sigma 0): first order, x = x0
             return x0, x0
         s = int(self.timesteps[i + 1])
         h = float(self.lam[s] - self.lam[t])
+        g = -math.expm1(-(1.0 + self.eta) * h)
         d = x0
         if self._prev_x0 is not None:
             r = self._prev_h / h
-            d = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * self._prev_x0
-        x = (float(self.sigma[s]) / sigma) * sample - float(self.alpha[s]) * math.expm1(-h) * d
+            d = x0 + (x0 - self._prev_x0) / (2.0 * r)
+        x = (float(self.sigma[s]) / sigma) * math.exp(-self.eta * h) * sample + float(self.alpha[s]) * g * d
+        if self.eta > 0.0:
+            x = x + float(self.sigma[s]) * math.sqrt(-math.expm1(-2.0 * self.eta * h)) * noise
         self._prev_x0, self._prev_h = x0, h
         return x, x0
 
@@ -159,8 +187,9 @@ def sample_images(
 
     labels: (B, X, Y, Z) conditioning label map (0 background, 1 head, 2.. tumour), on any device.
     generators: one per volume, on the network's device; they fix the initial noise and any step noise.
-    sampler: ``ddim`` (``eta`` weighs its step noise), ``dpmpp2m`` (:class:`DPMSolverPP2M`, deterministic:
-    ``eta`` is ignored) or ``ddpm`` (the full-length reference; ``steps`` must be T).
+    sampler: ``ddim`` (``eta`` weighs its step noise), ``dpmpp2m`` (:class:`DPMSolverPP2M`; ``eta`` 0 or None
+    the deterministic ODE solver, 1 SDE-DPM-Solver++(2M)) or ``ddpm`` (the full-length reference; ``steps``
+    must be T).
     prior: the model's prior (C, X, Y, Z) on the same grid, for a network trained with one (its
     ``n_prior`` channels follow the mask), or one per volume (B, C, X, Y, Z) (the prior moved with
     each augmented mask's head, see ``components.synthesis.prior``); refused for a network without.
@@ -176,7 +205,8 @@ def sample_images(
                              f"make_generator(seed, device)")
     n_steps = resolve_steps(diffusion, sampler, steps, default_steps=steps)
     if sampler == "dpmpp2m":
-        scheduler = DPMSolverPP2M(build_scheduler(diffusion).alphas_cumprod, clip_sample=diffusion.clip_sample)
+        scheduler = DPMSolverPP2M(build_scheduler(diffusion).alphas_cumprod, clip_sample=diffusion.clip_sample,
+                                  eta=eta or 0.0)
     else:
         scheduler = build_scheduler(diffusion, sampler)
     scheduler.set_timesteps(n_steps)
@@ -194,7 +224,7 @@ def sample_images(
     shape = (N_MODALITIES, *labels.shape[1:])
     x = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
     use_amp = amp and device.type == "cuda"
-    deterministic = sampler == "dpmpp2m" or (sampler == "ddim" and eta == 0.0)
+    deterministic = sampler == "ddim" and eta == 0.0
     network.eval()
     for t in tqdm(scheduler.timesteps.tolist(), desc=f"{sampler} {n_steps} steps", unit="step", leave=False,
                   disable=None if progress is None else not progress):
@@ -203,8 +233,10 @@ def sample_images(
             eps = network(torch.cat([x, cond], dim=1), timesteps=tt)
         eps = eps.float()
         if sampler == "dpmpp2m":
-            # DPM-Solver++(2M) update (Lu et al. 2022, Algorithm 2): no noise is drawn
-            x, _ = scheduler.step(eps, int(t), x)
+            # DPM-Solver++(2M) update (Lu et al. 2022); its step noise, when eta > 0, from each volume's generator
+            noise = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators]) \
+                if scheduler.needs_noise else None
+            x, _ = scheduler.step(eps, int(t), x, noise=noise)
             continue
         if deterministic:
             # DDIM eq. (12) with sigma_t = 0 (Song et al. 2021): no noise is drawn
