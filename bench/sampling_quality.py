@@ -2,7 +2,7 @@
 same masks and seeds, in one run: the "FID-style comparison of both" of the synthesizer issue.
 
     .venv/bin/python bench/sampling_quality.py --workspace workspace --model synthesizer-demo [--cases 2]
-        [--samplers ddim0 ddim1 dpm10 dpm20 ddpm] [--ddim-steps N] [--cache DIR]
+        [--samplers ddim0 ddim1 dpm10 dpm20 sde10 sde20 ddpm] [--ddim-steps N] [--cache DIR]
 
 For ``--cases`` training cases of the model (their prepared image and conditioning mask), each
 sampler writes one volume per mask; every sampler's volumes are then scored against the real

@@ -86,7 +86,7 @@ def test_resolution_rules():
     # the DDPM reference runs all T steps and has no eta
     r = resolve_sampling(SynthesizeConfig(sampler="ddpm"), model)
     assert (r.sampler, r.steps, r.eta) == ("ddpm", model.diffusion.num_train_timesteps, None)
-    with pytest.raises(SynthesisError, match="DDIM noise weight"):
+    with pytest.raises(SynthesisError, match="step-noise weight of ddim and dpmpp2m"):
         resolve_sampling(SynthesizeConfig(sampler="ddpm", eta=0.5), model)
     with pytest.raises(ValueError):
         SynthesizeConfig(eta=1.5)  # above 1 the DDIM step takes the square root of a negative number

@@ -196,6 +196,10 @@ def test_the_setting_reaches_the_sampler_with_its_eta():
     assert (run.sampler, run.steps, run.eta) == ("dpmpp2m", 7, 0.0)  # switching to the solver: the ODE form
     run = resolve_sampling(SynthesizeConfig(sampler="dpmpp2m", eta=0.5), model)
     assert run.eta == 0.5
+    # a dpmpp2m block that leaves eta out is the ODE solver, not the SDE that the field's default 1 would give
+    bare = model.model_copy(update={"sample": SampleConfig(sampler="dpmpp2m", steps=12)})
+    assert bare.sample.eta == 0.0 and resolve_sampling(SynthesizeConfig(), bare).eta == 0.0
+    assert SampleConfig.model_validate({"sampler": "dpmpp2m"}).eta == 0.0 and SampleConfig().eta == 1.0
     with pytest.raises(SynthesisError, match="has none"):
         resolve_sampling(SynthesizeConfig(sampler="ddpm", eta=0.5), model)
     with pytest.raises(SynthesisError, match="between 1 and T"):

@@ -166,8 +166,17 @@ class SampleConfig(FrozenModel):
     sampler: Literal["ddim", "dpmpp2m", "ddpm"] = "ddim"
     steps: int = Field(50, ge=1, description="DDIM or DPM-Solver++(2M) steps (the DDPM reference always runs all T)")
     eta: float = Field(1.0, ge=0.0, le=1.0, description="step-noise weight of ddim and dpmpp2m: 0 deterministic "
-                       "given the initial noise, 1 the DDPM-like posterior noise (ddim) or SDE-DPM-Solver++(2M)")
+                       "given the initial noise, 1 the DDPM-like posterior noise (ddim) or SDE-DPM-Solver++(2M); "
+                       "left out: 1 for ddim, 0 (the ODE solver) for dpmpp2m")
     batch: int = Field(1, ge=1, description="volumes sampled together")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _solver_eta(cls, data: Any) -> Any:
+        # a dpmpp2m block without eta means the ODE solver, as a run that switches to dpmpp2m gets
+        if isinstance(data, dict) and data.get("sampler") == "dpmpp2m" and "eta" not in data:
+            return {**data, "eta": 0.0}
+        return data
 
 
 class SynthesizerConfig(FrozenModel):

@@ -152,8 +152,8 @@ class DPMSolverPP2M:
         x0 = (sample - sigma * model_output) / alpha
         if self.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
-        self._index += 1
         if last:  # t -> clean image (sigma 0): first order, x = x0
+            self._index += 1
             return x0, x0
         s = int(self.timesteps[i + 1])
         h = float(self.lam[s] - self.lam[t])
@@ -165,7 +165,7 @@ class DPMSolverPP2M:
         x = (float(self.sigma[s]) / sigma) * math.exp(-self.eta * h) * sample + float(self.alpha[s]) * g * d
         if self.eta > 0.0:
             x = x + float(self.sigma[s]) * math.sqrt(-math.expm1(-2.0 * self.eta * h)) * noise
-        self._prev_x0, self._prev_h = x0, h
+        self._prev_x0, self._prev_h, self._index = x0, h, i + 1
         return x, x0
 
 
