@@ -23,7 +23,12 @@ from components.ablation import (
     seed_params,
 )
 from components.export import ExportError, export_dataset_nnunet
-from components.segmentation.nnunet import SCHEDULES, train
+from components.segmentation.nnunet import (
+    FINGERPRINT_INTENSITY_SAMPLES,
+    SCHEDULES,
+    fingerprint_intensity_samples,
+    train,
+)
 from data_catalog import open_dataset, register_dataset
 from tests import builders as b
 
@@ -55,6 +60,12 @@ def test_every_configuration_trains_on_exactly_its_cases_planned_once(data):
     splits = json.loads((pre / "splits_final.json").read_text())
     for p in plans:
         assert sorted(splits[nn.folds[p.name]]["train"]) == list(p.train_ids)
+    # Every BraTS channel is z-scored per case, so the fingerprint's intensity statistics (CT-only) were
+    # drawn from the smaller sample budget rather than nnU-Net's 1e8 per channel.
+    nn_plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    assert set(nn_plans["configurations"]["2d"]["normalization_schemes"]) == {"ZScoreNormalization"}
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    assert fingerprint_intensity_samples(dataset_json) == FINGERPRINT_INTENSITY_SAMPLES
     mixed = plans[1]
     assert mixed.n_synthetic == mixed.n_real > 0
     trained = train(nn.root, nn.dataset_id, schedule, fold=nn.folds[mixed.name], seed=0)
@@ -145,6 +156,14 @@ def test_export_never_writes_test_derived_synthetic_cases_as_training_data(data,
     only_test = open_dataset(ws, "syn-only-test")
     with pytest.raises(ExportError, match="never exported as nnU-Net training data"):
         export_dataset_nnunet(only_test, tmp_path / "raw2")
+
+
+def test_a_ct_channel_keeps_nnunets_full_intensity_sample():
+    """The smaller fingerprint sample applies only where no channel is normalised with its statistics."""
+    mri = {"channel_names": {"0": "t1n", "1": "t1c", "2": "t2w", "3": "t2f"}}
+    assert fingerprint_intensity_samples(mri) == FINGERPRINT_INTENSITY_SAMPLES
+    assert fingerprint_intensity_samples({"channel_names": {"0": "t1n", "1": "CT"}}) is None
+    assert fingerprint_intensity_samples({"modality": {"0": "ct"}}) is None
 
 
 # --------------------------------------------------------------------------- 4. grids that make no sense
