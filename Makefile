@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/masks.py
 	$(PY) bench/sampling.py
 	$(PY) bench/synthesis_metrics.py
+	$(PY) bench/fingerprint.py
 
 clean-workspace:
 	rm -rf $(WS)

@@ -200,6 +200,8 @@ def test_the_setting_reaches_the_sampler_with_its_eta():
     bare = model.model_copy(update={"sample": SampleConfig(sampler="dpmpp2m", steps=12)})
     assert bare.sample.eta == 0.0 and resolve_sampling(SynthesizeConfig(), bare).eta == 0.0
     assert SampleConfig.model_validate({"sampler": "dpmpp2m"}).eta == 0.0 and SampleConfig().eta == 1.0
+    # switching from a dpmpp2m profile to ddim takes DDIM's own eta 1, not the ODE solver's 0
+    assert resolve_sampling(SynthesizeConfig(sampler="ddim"), bare).eta == 1.0
     with pytest.raises(SynthesisError, match="has none"):
         resolve_sampling(SynthesizeConfig(sampler="ddpm", eta=0.5), model)
     with pytest.raises(SynthesisError, match="between 1 and T"):

@@ -15,7 +15,13 @@ from typing import Literal
 import torch
 
 from components.progress import tqdm
-from components.synthesis.config import DiffusionConfig, SynthesisError, SynthesizeConfig, SynthesizerConfig
+from components.synthesis.config import (
+    DEFAULT_ETA,
+    DiffusionConfig,
+    SynthesisError,
+    SynthesizeConfig,
+    SynthesizerConfig,
+)
 from components.synthesis.data import one_hot
 from components.synthesis.network import N_MODALITIES, build_scheduler
 
@@ -50,8 +56,9 @@ def resolve_sampling(run: SynthesizeConfig, model: SynthesizerConfig) -> Synthes
     """``run`` with sampler, steps, eta and batch filled in: each one left None comes from the model's
     profile (``model.sample``), each one given overrides it. Steps: :func:`resolve_steps` (DDPM always
     T). eta is the step-noise weight of DDIM and DPM-Solver++(2M) (0: deterministic given the initial
-    noise); a run that switches to another sampler than the profile's and leaves eta unset gets 0 for
-    dpmpp2m (the ODE solver) and the profile's eta for ddim. DDPM has none: None, an explicit eta is refused."""
+    noise); a run that switches to another sampler than the profile's and leaves eta unset gets that
+    sampler's own (``DEFAULT_ETA``: ddim 1, dpmpp2m 0, the ODE solver). DDPM has none: None, an explicit
+    eta is refused."""
     sample = model.sample
     sampler = run.sampler or sample.sampler
     steps = resolve_steps(model.diffusion, sampler, run.steps, sample.steps)
@@ -63,7 +70,7 @@ def resolve_sampling(run: SynthesizeConfig, model: SynthesizerConfig) -> Synthes
     elif run.eta is not None:
         eta = float(run.eta)
     else:
-        eta = sample.eta if (sampler == sample.sampler or sampler == "ddim") else 0.0
+        eta = sample.eta if sampler == sample.sampler else DEFAULT_ETA[sampler]
     batch = sample.batch if run.batch is None else int(run.batch)
     return run.model_copy(update={"sampler": sampler, "steps": steps, "eta": eta, "batch": batch})
 
